@@ -1,0 +1,126 @@
+"""The ``dlnlab`` command. Thin: parses, calls the library, prints.
+
+Every command is one call of a library function (``dlnlab.theory.mode_summary`` for
+``dlnlab theory``). Bad input prints one line ``error: ...`` and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import typer
+
+# Typer >= 0.25 vendors click (typer.exceptions); older releases raise click's own exceptions.
+try:
+    import click
+
+    _USAGE_ERRORS: tuple[type[BaseException], ...] = (click.ClickException,)
+    _EXITS: tuple[type[BaseException], ...] = (typer.Exit, click.exceptions.Exit)
+    _ABORTS: tuple[type[BaseException], ...] = (typer.Abort, click.exceptions.Abort)
+except ImportError:
+    from typer.exceptions import TyperException
+
+    _USAGE_ERRORS = (TyperException,)
+    _EXITS = (typer.Exit,)
+    _ABORTS = (typer.Abort,)
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="dlnlab: GD, SGD and SDE models of SGD on deep linear networks.")
+
+
+def _parse_floats(name: str, text: str) -> list[float]:
+    try:
+        values = [float(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise ValueError(f"{name}={text!r}: must be comma-separated numbers, e.g. 1,0.667,0.333")\
+            from None
+    if not values:
+        raise ValueError(f"{name}={text!r}: must list at least one value")
+    return values
+
+
+@app.callback()
+def _root() -> None:
+    """dlnlab: GD, SGD and SDE models of SGD on deep linear networks."""
+
+
+@app.command()
+def theory(
+    depth: int = typer.Option(4, "--depth", help="Number of weight matrices L."),
+    spectrum: str = typer.Option("1,0.667,0.333", "--spectrum",
+                                 help="Teacher singular values, comma-separated, non-increasing."),
+    learning_rate: float = typer.Option(0.01, "--learning-rate", help="Learning rate eta."),
+    batch_size: int = typer.Option(1, "--batch-size", help="Batch size B."),
+    label_noise: float = typer.Option(0.0, "--label-noise", help="Label-noise std sigma."),
+    init_amplitude: float = typer.Option(
+        0.002, "--init-amplitude",
+        help="Initial mode amplitude a0 (default: rms amplitude of the paper's init, "
+             "d=12, variance d^-2, L=4: 12^-2.5 = 0.002)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per mode."),
+) -> None:
+    """Per-mode theory: half-learning time, diffusion peak, stationary mean and variance."""
+    from .theory.summary import mode_summary
+
+    values = _parse_floats("spectrum", spectrum)
+    rows = mode_summary(values, depth, learning_rate, batch_size, label_noise, init_amplitude)
+    if as_json:
+        keys = ("s", "t_half", "a_peak", "stationary_mean", "stationary_variance")
+        print(json.dumps([{k: row[k] for k in keys} for row in rows], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Theory per mode: L={depth}, eta={learning_rate:g}, B={batch_size}, "
+                        f"sigma={label_noise:g}, a0={init_amplitude:g}  (time t = step x eta)")
+    for header in ("mode", "s", "t_half", "a_peak", "max?", "mean 1st", "mean quad", "var 1st",
+                   "var quad"):
+        table.add_column(header, justify="right", no_wrap=True)
+    for i, row in enumerate(rows, start=1):
+        peak = "none" if row["a_peak"] is None else f"{row['a_peak']:.6g}"
+        table.add_row(str(i), f"{row['s']:g}", f"{row['t_half']:.6g}", peak,
+                      "-" if row["a_peak"] is None else ("yes" if row["peak_is_global"] else "no"),
+                      f"{row['stationary_mean_first_order']:.8g}",
+                      f"{row['stationary_mean']:.8g}",
+                      f"{row['stationary_variance_first_order']:.6g}",
+                      f"{row['stationary_variance']:.6g}")
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    console.print(table)
+    console.print("t_half: gradient-flow time from a0 to s/2. a_peak: diffusion peak (eq. 9); "
+                  "max?: it is the maximum of D_a on (0, s]. Stationary law (THEORY §8): "
+                  "first order in eta/B ('1st') and quadrature ('quad').")
+    if label_noise == 0.0:
+        console.print("sigma = 0: each stationary law is a Dirac mass at s (variance 0).")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: one-line errors with exit code 2, float64 for theory numerics."""
+    import jax
+
+    # Process start is the one place to set numerics flags (never at import time).
+    jax.config.update("jax_enable_x64", True)
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="dlnlab", standalone_mode=False)
+    except _EXITS as exc:
+        return exc.exit_code
+    except _USAGE_ERRORS as exc:
+        message = exc.format_message()
+        if message:  # a bare `dlnlab` has already printed the help
+            print(f"error: {message}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except _ABORTS:
+        print("error: aborted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _console_script() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    _console_script()
