@@ -1,0 +1,65 @@
+"""Shared test set-up: float64 on, and Monte Carlo tolerance helpers.
+
+Statistical assertions compare an estimate with the exact value within ``K_SIGMA`` standard
+errors, where the standard error is estimated from the same samples. Each such test also checks
+that a deliberately wrong formula falls *outside* the same band, so the test can fail.
+All randomness comes from fixed keys: a run is reproducible, the tolerance is statistical.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+
+# 5 standard errors: a false alarm has probability ~6e-7 per scalar comparison.
+K_SIGMA = 5.0
+
+
+def assert_close_mc(estimate, exact, standard_error, k: float = K_SIGMA, what: str = ""):
+    """``|estimate - exact| <= k * standard_error`` elementwise."""
+    estimate, exact, se = (np.asarray(x, dtype=np.float64) for x in (estimate, exact, standard_error))
+    err = np.abs(estimate - exact)
+    bad = err > k * se
+    assert not np.any(bad), (
+        f"{what}: MC estimate differs from the exact value by more than {k} standard errors; "
+        f"worst z = {np.max(err / np.maximum(se, 1e-300)):.2f}")
+
+
+def assert_rejected_mc(estimate, wrong, standard_error, k: float = K_SIGMA, what: str = ""):
+    """The wrong formula must be outside the band for at least one entry (the test can fail)."""
+    estimate, wrong, se = (np.asarray(x, dtype=np.float64) for x in (estimate, wrong, standard_error))
+    z = np.abs(estimate - wrong) / np.maximum(se, 1e-300)
+    assert np.max(z) > k, f"{what}: a wrong formula would pass (max z = {np.max(z):.2f})"
+
+
+def frobenius_mc_check(samples: np.ndarray, exact_cov: np.ndarray, wrong_cov=None,
+                       what: str = "", factor: float = 3.0):
+    """Empirical covariance of ``samples (N, P)`` (known mean zero) against ``exact_cov``.
+
+    With ``X_ij = g_i g_j`` the estimator's squared Frobenius error has expectation
+    ``sum_ij Var(X_ij) / N``, estimated from the samples. A sum over ~P^2 terms concentrates, so
+    the realised error exceeds ``factor`` (3) times its root-mean-square value with negligible
+    probability. Returns the relative error for reporting.
+    """
+    g = np.asarray(samples, dtype=np.float64)
+    n = g.shape[0]
+    emp = g.T @ g / n
+    second = (g * g).T @ (g * g) / n                # E[g_i^2 g_j^2]
+    var = np.maximum(second - emp**2, 0.0)
+    rms = np.sqrt(var.sum() / n)
+    err = np.linalg.norm(emp - exact_cov)
+    assert err <= factor * rms, (f"{what}: ||emp - exact||_F = {err:.3e} exceeds {factor} x the "
+                                 f"Monte Carlo rms error {rms:.3e}")
+    if wrong_cov is not None:
+        err_wrong = np.linalg.norm(emp - wrong_cov)
+        assert err_wrong > factor * rms, (f"{what}: the wrong formula would pass "
+                                          f"({err_wrong:.3e} <= {factor} x {rms:.3e})")
+    return err / np.linalg.norm(exact_cov)
+
+
+@pytest.fixture
+def key():
+    return jax.random.key(20261123)

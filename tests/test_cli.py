@@ -1,0 +1,215 @@
+"""The ``dlnlab theory`` command: exit codes, table, JSON, and the numbers behind them.
+
+The numbers are recomputed here from the library (``half_learning_time``, ``diffusion_peak``,
+``stationary_moments``) and, where a closed form exists, from that closed form.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dlnlab import theory
+from dlnlab.cli import main
+
+DEFAULTS = {"depth": 4, "spectrum": "1,0.667,0.333", "learning_rate": 0.01, "batch_size": 1,
+            "label_noise": 0.0, "init_amplitude": 0.002}
+KEYS = {"s", "t_half", "a_peak", "stationary_mean", "stationary_variance"}
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()                                   # drop anything printed before
+    code = main(["theory", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def argv(options: dict) -> list[str]:
+    return [item for key, value in options.items()
+            for item in (f"--{key.replace('_', '-')}", str(value))]
+
+
+def expected_rows(options: dict) -> list[dict]:
+    """What the command must print, computed here from the library and eq. 9/10 by hand."""
+    o = {**DEFAULTS, **options}
+    s = np.array([float(x) for x in str(o["spectrum"]).split(",")])
+    depth, sigma = int(o["depth"]), float(o["label_noise"])
+    t_half = np.asarray(theory.half_learning_time(s, depth, float(o["init_amplitude"])))
+    peak = theory.diffusion_peak(s, depth, sigma)
+    moments = theory.stationary_moments(s, depth, float(o["learning_rate"]), int(o["batch_size"]),
+                                        sigma)
+    p = 4.0 - 4.0 / depth
+    rows = []
+    for i, s_i in enumerate(s):
+        exists = depth > 1 and s_i**2 > p * (p + 2) * sigma**2 / 2          # eq. 10
+        assert bool(peak.exists[i]) == exists
+        a_peak = None
+        if exists:
+            eq9 = s_i - (2 * s_i + math.sqrt(4 * s_i**2 - 2 * p * (p + 2) * sigma**2)) / (2 * p + 4)
+            np.testing.assert_allclose(float(peak.amplitude[i]), eq9, rtol=1e-12)
+            a_peak = float(peak.amplitude[i])
+        rows.append({"s": float(s_i), "t_half": float(t_half[i]), "a_peak": a_peak,
+                     "stationary_mean": float(moments.mean[i]),
+                     "stationary_variance": float(moments.variance[i])})
+    return rows
+
+
+def assert_rows_equal(got: list[dict], want: list[dict]) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert set(g) == KEYS
+        assert (g["a_peak"] is None) == (w["a_peak"] is None), (g, w)
+        for key in KEYS:
+            if w[key] is None:
+                continue
+            np.testing.assert_allclose(g[key], w[key], rtol=1e-12, atol=0, err_msg=key)
+
+
+# ------------------------------------------------------------------------------ table output
+def test_default_run_prints_a_table_with_every_mode(capsys):
+    code, out, err = run_cli(capsys)
+    assert code == 0
+    assert err == ""
+    rows = expected_rows({})
+    lines = out.splitlines()
+    for row in rows:
+        # The row of this mode shows its s and its t_half (formatted as the table does).
+        s_text, t_text = f"{row['s']:g}", f"{row['t_half']:.6g}"
+        assert any(s_text in line and t_text in line for line in lines), (s_text, t_text, out)
+    assert "Dirac mass at s" in out                      # sigma = 0 note
+
+
+def test_table_marks_missing_peaks(capsys):
+    code, out, _ = run_cli(capsys, "--label-noise", "0.3")
+    assert code == 0
+    rows = expected_rows({"label_noise": 0.3})
+    for row in rows:
+        t_text = f"{row['t_half']:.6g}"
+        (line,) = [line for line in out.splitlines() if t_text in line]
+        assert ("none" in line) == (row["a_peak"] is None), line
+    assert "Dirac" not in out
+
+
+# ------------------------------------------------------------------------------- JSON output
+@pytest.mark.parametrize("options", [
+    pytest.param({}, id="defaults"),
+    pytest.param({"depth": 4, "spectrum": "1,0.667,0.333", "label_noise": 0.3}, id="L4-sigma0.3"),
+    pytest.param({"depth": 2, "spectrum": "2,1.5,0.5,0.5", "learning_rate": 0.05,
+                  "batch_size": 2, "label_noise": 0.1, "init_amplitude": 0.01}, id="L2"),
+    pytest.param({"depth": 1, "spectrum": "1,0.5", "label_noise": 0.2}, id="L1"),
+])
+def test_json_matches_library(capsys, options):
+    code, out, err = run_cli(capsys, *argv(options), "--json")
+    assert code == 0
+    assert err == ""
+    got = json.loads(out)
+    assert isinstance(got, list)
+    assert all(isinstance(row, dict) and set(row) == KEYS for row in got)
+    spectrum = [float(x) for x in str({**DEFAULTS, **options}["spectrum"]).split(",")]
+    assert [row["s"] for row in got] == spectrum
+    assert_rows_equal(got, expected_rows(options))
+    o = {**DEFAULTS, **options}
+    for row in got:
+        if o["label_noise"] == 0:
+            assert row["stationary_mean"] == row["s"] and row["stationary_variance"] == 0.0
+        elif o["depth"] == 1:
+            # L = 1 is an Ornstein-Uhlenbeck process: N(s, (eta/B) sigma^2 / 2) exactly.
+            np.testing.assert_allclose(row["stationary_mean"], row["s"], rtol=1e-9)
+            np.testing.assert_allclose(row["stationary_variance"],
+                                       o["learning_rate"] / o["batch_size"] * o["label_noise"] ** 2
+                                       / 2, rtol=1e-6)
+        else:
+            assert row["stationary_mean"] < row["s"] and row["stationary_variance"] > 0
+
+
+def test_json_peak_exists_only_for_mode_one(capsys):
+    """L = 4, sigma = 0.3: eq. 10 needs s^2 > 7.5 * 0.09 = 0.675, true for s = 1 only."""
+    code, out, _ = run_cli(capsys, "--depth", "4", "--spectrum", "1,0.667,0.333",
+                           "--label-noise", "0.3", "--json")
+    assert code == 0
+    rows = json.loads(out)
+    assert [row["a_peak"] is not None for row in rows] == [True, False, False]
+    assert 0 < rows[0]["a_peak"] < 1
+
+
+def test_json_closed_forms(capsys):
+    """L = 2 closed forms: t_half = ln(s/a0 - 1) / (2 s); without noise a_peak = s/2."""
+    a0 = 0.004
+    code, out, _ = run_cli(capsys, "--depth", "2", "--spectrum", "1,0.5,0.25",
+                           "--init-amplitude", str(a0), "--json")
+    assert code == 0
+    for row in json.loads(out):
+        s = row["s"]
+        np.testing.assert_allclose(row["t_half"], math.log(s / a0 - 1) / (2 * s), rtol=1e-12)
+        np.testing.assert_allclose(row["a_peak"], s / 2, rtol=1e-12)
+
+
+def test_json_without_label_noise_is_a_dirac_at_s(capsys):
+    code, out, _ = run_cli(capsys, "--spectrum", "1.5,0.8,0.3", "--json")
+    assert code == 0
+    for row in json.loads(out):
+        assert row["stationary_mean"] == row["s"]
+        assert row["stationary_variance"] == 0.0
+        # eq. 9 at sigma = 0: a_peak = s (2L - 2) / (3L - 2) = 0.6 s at L = 4
+        np.testing.assert_allclose(row["a_peak"], 0.6 * row["s"], rtol=1e-12)
+
+
+def test_json_with_label_noise_mean_below_s(capsys):
+    code, out, _ = run_cli(capsys, "--spectrum", "1,0.667,0.333", "--label-noise", "0.3", "--json")
+    assert code == 0
+    for row in json.loads(out):
+        assert row["stationary_mean"] < row["s"]
+        assert row["stationary_variance"] > 0
+
+
+# ------------------------------------------------------------------------------- bad input
+BAD_INPUT = [
+    pytest.param(["--depth", "0"], "depth=0", id="depth-0"),
+    pytest.param(["--spectrum", "1,abc"], "spectrum=", id="spectrum-not-a-number"),
+    pytest.param(["--spectrum", "0.5,1"], "spectrum=", id="spectrum-increasing"),
+    pytest.param(["--spectrum", ""], "spectrum=", id="spectrum-empty"),
+    pytest.param(["--learning-rate", "-1"], "learning_rate=", id="learning-rate-negative"),
+    pytest.param(["--batch-size", "x"], "--batch-size", id="batch-size-not-an-int"),
+    pytest.param(["--batch-size", "0"], "batch_size=0", id="batch-size-0"),
+    pytest.param(["--label-noise", "nan"], "label_noise=nan", id="label-noise-nan"),
+    pytest.param(["--init-amplitude", "0.9"], "init_amplitude=0.9", id="init-amplitude-too-big"),
+    pytest.param(["--no-such-option"], "--no-such-option", id="unknown-option"),
+]
+
+
+@pytest.mark.parametrize(("args", "names"), BAD_INPUT)
+def test_bad_input_exits_2_with_one_error_line(capsys, args, names):
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].strip(), err
+    assert lines[0].startswith("error: ")
+    assert names in lines[0]
+    assert "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------- subprocess
+def _subprocess(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dlnlab.cli", "theory", *args],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+
+def test_module_entry_point_json(tmp_path):
+    options = {"depth": 4, "spectrum": "1,0.5", "init_amplitude": 0.01}
+    result = _subprocess(tmp_path, *argv(options), "--json")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert_rows_equal(json.loads(result.stdout), expected_rows(options))
+
+
+def test_module_entry_point_bad_input(tmp_path):
+    result = _subprocess(tmp_path, "--depth", "0")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == ["error: depth=0: must be an integer >= 1"]
