@@ -131,20 +131,29 @@ def stationary_moments(spectrum, depth: int, learning_rate, batch_size=1, label_
         mean = jnp.trapezoid(grid * p, grid)
         means.append(mean)
         variances.append(jnp.trapezoid((grid - mean) ** 2 * p, grid))
-        modes.append(_argmax_refined(grid, p))
+        modes.append(_mode_refined(grid, p, s, depth, learning_rate, batch_size, label_noise))
     return StationaryMoments(jnp.stack(means), jnp.stack(modes), jnp.stack(variances),
                              mean1, mode1, var1, zero)
 
 
-def _argmax_refined(grid, p):
-    """Grid argmax refined by the vertex of the parabola through the three nearest nodes."""
+def _mode_refined(grid, p, s, depth, learning_rate, batch_size, label_noise):
+    """The density's maximum: ``p'/p = (2 mu - D') / D = 0``, solved by bisection on
+    ``2 mu - D'`` in the grid cell pair around the grid argmax (exact to rounding)."""
+    def condition(a):
+        mu = reduced_drift(a, s, depth, learning_rate, batch_size, label_noise, coupled=False)
+        slope = jax.grad(lambda x: reduced_diffusion(x, s, depth, learning_rate, batch_size,
+                                                     label_noise))(a)
+        return 2 * mu - slope
+
     i = int(jnp.clip(jnp.argmax(p), 1, p.shape[0] - 2))
-    x0, x1, x2 = grid[i - 1], grid[i], grid[i + 1]
-    y0, y1, y2 = p[i - 1], p[i], p[i + 1]
-    denom = (x0 - x1) * (x0 - x2) * (x1 - x2)
-    a = (x2 * (y1 - y0) + x1 * (y0 - y2) + x0 * (y2 - y1)) / denom
-    b = (x2**2 * (y0 - y1) + x1**2 * (y2 - y0) + x0**2 * (y1 - y2)) / denom
-    return jnp.where(a < 0, -b / (2 * a), x1)
+    lo, hi = grid[i - 1], grid[i + 1]
+    if float(condition(lo)) * float(condition(hi)) > 0:   # no sign change: keep the grid node
+        return grid[i]
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        same = float(condition(mid)) * float(condition(lo)) > 0
+        lo, hi = (mid, hi) if same else (lo, mid)
+    return 0.5 * (lo + hi)
 
 
 def _validate(s, depth, learning_rate, batch_size, label_noise):
