@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_close_mc, assert_rejected_mc
 
 import dlnlab as d
+from conftest import assert_close_mc, assert_rejected_mc
 from dlnlab.core.products import flatten_weights, partial_products, span_product, unflatten_weights
 
 

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import frobenius_mc_check
 
 import dlnlab as d
+from conftest import frobenius_mc_check
 from dlnlab.core.products import flatten_weights
 
 

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_close_mc, assert_rejected_mc
 from scipy.optimize import minimize_scalar
 
+from conftest import assert_close_mc, assert_rejected_mc
 from dlnlab import theory as th
 
 

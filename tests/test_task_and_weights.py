@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_close_mc
 
 import dlnlab as d
+from conftest import assert_close_mc
 
 
 @pytest.mark.parametrize("d_in,d_out,spectrum", [

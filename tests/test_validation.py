@@ -27,7 +27,8 @@ def env():
     key = jax.random.key(7)
     task = dlnlab.Task.from_spectrum(key, 3, 2, [1.0, 0.5], label_noise=0.1)
     weights = dlnlab.init_aligned(task, [0.1, 0.05], (3, 4, 2))
-    offline = task.with_data(jax.random.key(8), 5)
+    rng = np.random.default_rng(8)
+    offline = task.with_dataset(rng.normal(size=(5, 3)), rng.normal(size=(5, 2)))
     return SimpleNamespace(key=key, task=task, weights=weights, offline=offline)
 
 
@@ -199,7 +200,7 @@ DEPTH_CASES = [
 ]
 
 THEORY_CASES = [
-    pytest.param(lambda e, a0=a0: theory.half_learning_time(s, 4, a0),
+    pytest.param(lambda e, s=s, a0=a0: theory.half_learning_time(s, 4, a0),
                  "initial_amplitude", text, "must lie in (0, s)", id=f"t_half-a0-{label}")
     for s, a0, text, label in (
         ([1.0], 0.0, "0.0", "zero"),
@@ -258,9 +259,9 @@ def test_valid_boundaries_are_accepted(env):
     dlnlab.Task.from_spectrum(env.key, 3, 2, [1.0, 1.0])                # repeated values
     dlnlab.Task.from_spectrum(env.key, 3, 2, [1.0, 0.0])                # zero value
     dlnlab.Task(np.eye(2), label_noise=0.0, input_covariance=np.diag([1.0, 0.0]))  # singular PSD
-    dlnlab.noise_covariance(env.weights, env.offline, batch_size=5, replacement=False)  # B = n
+    assert dlnlab.batch_factor(env.offline, 5, replacement=False) == 0.0       # B = n
     dlnlab.sample_data_batch(env.key, env.offline, 5, replacement=False)
-    dlnlab.modewise_diffusion(env.weights, env.task, 0.0)
+    theory.half_learning_time([1.0, 0.5], 4, [0.49, 0.24])              # a0 just below s/2
     theory.solve_lyapunov(np.diag([1.0, 0.0]), np.eye(2), 0.1)          # singular PSD hessian
 
 
