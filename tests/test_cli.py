@@ -6,6 +6,7 @@ The numbers are recomputed here from the library (``half_learning_time``, ``diff
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import subprocess
@@ -45,7 +46,12 @@ def argv(options: dict) -> list[str]:
 
 def expected_rows(options: dict) -> list[dict]:
     """What the command must print, computed here from the library and eq. 9/10 by hand."""
-    o = {**DEFAULTS, **options}
+    return [dict(row) for row in _expected_rows(tuple(sorted(options.items())))]
+
+
+@functools.cache
+def _expected_rows(options: tuple) -> tuple[dict, ...]:
+    o = {**DEFAULTS, **dict(options)}
     s = np.array([float(x) for x in str(o["spectrum"]).split(",")])
     depth, sigma = int(o["depth"]), float(o["label_noise"])
     t_half = np.asarray(theory.half_learning_time(s, depth, float(o["init_amplitude"])))
@@ -55,7 +61,8 @@ def expected_rows(options: dict) -> list[dict]:
     p = 4.0 - 4.0 / depth
     rows = []
     for i, s_i in enumerate(s):
-        exists = depth > 1 and s_i**2 > p * (p + 2) * sigma**2 / 2          # eq. 10
+        # eq. 10 (at L = 1, p = 0, D_a is decreasing on (0, s): no interior peak)
+        exists = depth > 1 and s_i**2 > p * (p + 2) * sigma**2 / 2
         assert bool(peak.exists[i]) == exists
         a_peak = None
         if exists:
@@ -65,7 +72,7 @@ def expected_rows(options: dict) -> list[dict]:
         rows.append({"s": float(s_i), "t_half": float(t_half[i]), "a_peak": a_peak,
                      "stationary_mean": float(moments.mean[i]),
                      "stationary_variance": float(moments.variance[i])})
-    return rows
+    return tuple(rows)
 
 
 def assert_rows_equal(got: list[dict], want: list[dict]) -> None:
@@ -79,52 +86,63 @@ def assert_rows_equal(got: list[dict], want: list[dict]) -> None:
             np.testing.assert_allclose(g[key], w[key], rtol=1e-12, atol=0, err_msg=key)
 
 
+def json_rows(capsys, options: dict) -> list[dict]:
+    """Run ``dlnlab theory --json`` with ``options``; check exit code, stderr and the keys."""
+    code, out, err = run_cli(capsys, *argv(options), "--json")
+    assert code == 0
+    assert err == ""
+    rows = parse_json(out)
+    assert isinstance(rows, list)
+    spectrum = [float(x) for x in str({**DEFAULTS, **options}["spectrum"]).split(",")]
+    assert len(rows) == len(spectrum)
+    assert all(isinstance(row, dict) and set(row) == KEYS for row in rows)
+    assert [row["s"] for row in rows] == spectrum
+    return rows
+
+
 # ------------------------------------------------------------------------------ table output
 def test_default_run_prints_a_table_with_every_mode(capsys):
     code, out, err = run_cli(capsys)
     assert code == 0
     assert err == ""
-    rows = expected_rows({})
     lines = out.splitlines()
-    for row in rows:
+    for row in expected_rows({}):
         # The row of this mode shows its s and its t_half (formatted as the table does).
         s_text, t_text = f"{row['s']:g}", f"{row['t_half']:.6g}"
         assert any(s_text in line and t_text in line for line in lines), (s_text, t_text, out)
-    assert "Dirac mass at s" in out                      # sigma = 0 note
-
-
-def test_table_marks_missing_peaks(capsys):
-    code, out, _ = run_cli(capsys, "--label-noise", "0.3")
-    assert code == 0
-    rows = expected_rows({"label_noise": 0.3})
-    for row in rows:
-        t_text = f"{row['t_half']:.6g}"
-        (line,) = [line for line in out.splitlines() if t_text in line]
-        assert ("none" in line) == (row["a_peak"] is None), line
-    assert "Dirac" not in out
+    assert "Dirac mass at s" in out                      # the sigma = 0 note
 
 
 # ------------------------------------------------------------------------------- JSON output
+L4_NOISY = {"depth": 4, "spectrum": "1,0.667,0.333", "label_noise": 0.3}
+
+
+def test_json_paper_example(capsys):
+    """L = 4, sigma = 0.3: eq. 10 needs s^2 > 7.5 * 0.09 = 0.675, true for s = 1 only."""
+    rows = json_rows(capsys, L4_NOISY)
+    assert_rows_equal(rows, expected_rows(L4_NOISY))
+    assert [row["a_peak"] is not None for row in rows] == [True, False, False]
+    assert 0 < rows[0]["a_peak"] < 1
+    for row in rows:                                      # label noise: mean pushed below s
+        assert row["stationary_mean"] < row["s"]
+        assert row["stationary_variance"] > 0
+
+
 @pytest.mark.parametrize("options", [
-    pytest.param({}, id="defaults"),
-    pytest.param({"depth": 4, "spectrum": "1,0.667,0.333", "label_noise": 0.3}, id="L4-sigma0.3"),
-    pytest.param({"depth": 2, "spectrum": "2,1.5,0.5,0.5", "learning_rate": 0.05,
-                  "batch_size": 2, "label_noise": 0.1, "init_amplitude": 0.01}, id="L2"),
-    pytest.param({"depth": 1, "spectrum": "1,0.5", "label_noise": 0.2}, id="L1"),
+    pytest.param({}, id="L4-defaults"),
+    pytest.param({"depth": 3, "spectrum": "1.5,1,0.2", "learning_rate": 0.1, "batch_size": 4,
+                  "init_amplitude": 0.05}, id="L3-no-noise"),
+    # L = 2: eq. 10 needs s^2 > 4 sigma^2 = 0.36: no peak for s = 0.5
+    pytest.param({"depth": 2, "spectrum": "0.5", "learning_rate": 0.05, "batch_size": 2,
+                  "label_noise": 0.3, "init_amplitude": 0.01}, id="L2-noisy"),
+    pytest.param({"depth": 1, "spectrum": "1", "label_noise": 0.2}, id="L1-noisy"),
 ])
 def test_json_matches_library(capsys, options):
-    code, out, err = run_cli(capsys, *argv(options), "--json")
-    assert code == 0
-    assert err == ""
-    got = parse_json(out)
-    assert isinstance(got, list)
-    assert all(isinstance(row, dict) and set(row) == KEYS for row in got)
-    spectrum = [float(x) for x in str({**DEFAULTS, **options}["spectrum"]).split(",")]
-    assert [row["s"] for row in got] == spectrum
-    assert_rows_equal(got, expected_rows(options))
+    rows = json_rows(capsys, options)
+    assert_rows_equal(rows, expected_rows(options))
     o = {**DEFAULTS, **options}
-    for row in got:
-        if o["label_noise"] == 0:
+    for row in rows:
+        if o["label_noise"] == 0:                         # Dirac mass at s
             assert row["stationary_mean"] == row["s"] and row["stationary_variance"] == 0.0
         elif o["depth"] == 1:
             # L = 1: p(a) ~ (2 (a - s)^2 + sigma^2)^(-1 - 1/(2 r)), r = eta/B, a Student-t law
@@ -137,50 +155,24 @@ def test_json_matches_library(capsys, options):
             assert row["stationary_mean"] < row["s"] and row["stationary_variance"] > 0
 
 
-def test_json_peak_exists_only_for_mode_one(capsys):
-    """L = 4, sigma = 0.3: eq. 10 needs s^2 > 7.5 * 0.09 = 0.675, true for s = 1 only."""
-    code, out, _ = run_cli(capsys, "--depth", "4", "--spectrum", "1,0.667,0.333",
-                           "--label-noise", "0.3", "--json")
-    assert code == 0
-    rows = parse_json(out)
-    assert [row["a_peak"] is not None for row in rows] == [True, False, False]
-    assert 0 < rows[0]["a_peak"] < 1
-
-
 def test_json_closed_forms(capsys):
-    """L = 2 closed forms: t_half = ln(s/a0 - 1) / (2 s); without noise a_peak = s/2."""
+    """L = 2: t_half = ln(s/a0 - 1) / (2 s), a_peak = s/2; L = 4: a_peak = 0.6 s (sigma = 0)."""
     a0 = 0.004
-    code, out, _ = run_cli(capsys, "--depth", "2", "--spectrum", "1,0.5,0.25",
-                           "--init-amplitude", str(a0), "--json")
-    assert code == 0
-    for row in parse_json(out):
+    for row in json_rows(capsys, {"depth": 2, "spectrum": "1,0.5,0.25", "init_amplitude": a0}):
         s = row["s"]
         np.testing.assert_allclose(row["t_half"], math.log(s / a0 - 1) / (2 * s), rtol=1e-12)
         np.testing.assert_allclose(row["a_peak"], s / 2, rtol=1e-12)
-
-
-def test_json_without_label_noise_is_a_dirac_at_s(capsys):
-    code, out, _ = run_cli(capsys, "--spectrum", "1.5,0.8,0.3", "--json")
-    assert code == 0
-    for row in parse_json(out):
-        assert row["stationary_mean"] == row["s"]
-        assert row["stationary_variance"] == 0.0
-        # eq. 9 at sigma = 0: a_peak = s (2L - 2) / (3L - 2) = 0.6 s at L = 4
+    for row in json_rows(capsys, {"spectrum": "1.5,0.8,0.3"}):
+        # eq. 9 at sigma = 0: a_peak = s (2L - 2) / (3L - 2)
         np.testing.assert_allclose(row["a_peak"], 0.6 * row["s"], rtol=1e-12)
-
-
-def test_json_with_label_noise_mean_below_s(capsys):
-    code, out, _ = run_cli(capsys, "--spectrum", "1,0.667,0.333", "--label-noise", "0.3", "--json")
-    assert code == 0
-    for row in parse_json(out):
-        assert row["stationary_mean"] < row["s"]
-        assert row["stationary_variance"] > 0
+        assert row["stationary_mean"] == row["s"] and row["stationary_variance"] == 0.0
 
 
 # ------------------------------------------------------------------------------- bad input
 BAD_INPUT = [
     pytest.param(["--depth", "0"], "depth=0", id="depth-0"),
     pytest.param(["--spectrum", "1,abc"], "spectrum=", id="spectrum-not-a-number"),
+    pytest.param(["--spectrum", "1,,0.5"], "spectrum=", id="spectrum-empty-item"),
     pytest.param(["--spectrum", "0.5,1"], "spectrum=", id="spectrum-increasing"),
     pytest.param(["--spectrum", ""], "spectrum=", id="spectrum-empty"),
     pytest.param(["--learning-rate", "-1"], "learning_rate=", id="learning-rate-negative"),

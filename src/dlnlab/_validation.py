@@ -104,7 +104,8 @@ def widths_tuple(name: str, widths: Sequence[int]) -> tuple[int, ...]:
 def check_weights(weights, d_in: int | None = None, d_out: int | None = None) -> tuple[int, ...]:
     """Shapes of a weight tuple chain: ``W_l`` is ``(d_l, d_{l-1})``. Returns the widths."""
     if not isinstance(weights, tuple | list) or len(weights) == 0:
-        fail("weights", type(weights).__name__, "must be a non-empty tuple of 2-D arrays")
+        fail("weights", weights if isinstance(weights, tuple | list) else type(weights).__name__,
+             "must be a non-empty tuple of 2-D arrays")
     widths = []
     for index, w in enumerate(weights, start=1):
         shape = getattr(w, "shape", None)

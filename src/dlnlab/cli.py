@@ -30,8 +30,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 
 def _parse_floats(name: str, text: str) -> list[float]:
+    items = text.split(",")
+    if any(not item.strip() for item in items):
+        raise ValueError(f"{name}={text!r}: must be comma-separated numbers with none empty")
     try:
-        values = [float(item) for item in text.split(",") if item.strip()]
+        values = [float(item) for item in items]
     except ValueError:
         raise ValueError(f"{name}={text!r}: must be comma-separated numbers, e.g. 1,0.667,0.333")\
             from None

@@ -21,11 +21,13 @@ Array = jax.Array
 
 def error(weights, task: Task) -> Array:
     """``D = W - M``, shape ``(d_out, d_in)``."""
+    v.check_weights(weights, task.d_in, task.d_out)
     return end_to_end(weights) - task.teacher
 
 
 def population_loss(weights, task: Task) -> Array:
     """``0.5 tr(D S_x D^T) + 0.5 tr(S_eps)`` (the test loss, whatever the regime)."""
+    v.check_weights(weights, task.d_in, task.d_out)
     d = error(weights, task)
     fit = jnp.sum(d * d) if task.whitened else jnp.sum((d @ task.input_covariance) * d)
     noise = 0.0 if task.label_covariance is None else jnp.trace(task.label_covariance)
@@ -34,6 +36,7 @@ def population_loss(weights, task: Task) -> Array:
 
 def empirical_loss(weights, task: Task) -> Array:
     """``(1/2n) sum_i ||W x_i - y_i||^2`` on ``task.data``."""
+    v.check_weights(weights, task.d_in, task.d_out)
     _require_data(task)
     x, y = task.data
     residual = x @ end_to_end(weights).T - y
@@ -55,6 +58,7 @@ def data_moments(task: Task) -> tuple[Array, Array]:
 
 def error_matrix(weights, task: Task) -> Array:
     """``G`` with ``grad_{W_l} = A_l^T G B_l^T``: ``D S_x`` online, ``W S_xx - S_yx`` offline."""
+    v.check_weights(weights, task.d_in, task.d_out)
     if task.online:
         d = error(weights, task)
         return d if task.whitened else d @ task.input_covariance
@@ -83,6 +87,7 @@ def per_sample_gradients(weights, inputs: Array, targets: Array) -> tuple[Array,
 
     ``inputs (n, d_in)``, ``targets (n, d_out)``; result ``(n, d_l, d_{l-1})`` per layer.
     """
+    v.check_weights(weights)
     lefts, rights = partial_products(weights)
     residual = inputs @ end_to_end(weights).T - targets           # (n, d_out)
     return tuple(
@@ -93,6 +98,7 @@ def per_sample_gradients(weights, inputs: Array, targets: Array) -> tuple[Array,
 
 def minibatch_gradient(weights, inputs: Array, targets: Array) -> tuple[Array, ...]:
     """Mean gradient over a batch: ``A_l^T (W S_xx^B - S_yx^B) B_l^T``; one product per layer."""
+    v.check_weights(weights)
     n = inputs.shape[0]
     g = (inputs @ end_to_end(weights).T - targets).T @ inputs / n
     return layer_gradients(weights, g)

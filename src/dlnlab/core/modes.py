@@ -33,11 +33,13 @@ Array = jax.Array
 
 def mode_amplitudes(weights, task: Task) -> Array:
     """``a_a = u_a^T W v_a`` for the ``r = min(d_in, d_out)`` teacher modes, shape ``(r,)``."""
+    v.check_weights(weights, task.d_in, task.d_out)
     return jnp.einsum("oa,oi,ia->a", task.left, end_to_end(weights), task.right)
 
 
 def cross_mode_amplitudes(weights, task: Task) -> Array:
     """``a_ab = u_a^T W v_b``, shape ``(r, r)`` (``mode``, ``mode2``); the diagonal is the modes."""
+    v.check_weights(weights, task.d_in, task.d_out)
     return task.left.T @ end_to_end(weights) @ task.right
 
 
@@ -46,6 +48,7 @@ def ntk_operator(weights, x: Array) -> Array:
 
     Gradient flow moves the end-to-end map by ``dW/dt = -Theta(D S_x)``.
     """
+    v.check_weights(weights)
     lefts, rights = partial_products(weights)
     return sum(a @ a.T @ x @ b.T @ b for a, b in zip(lefts, rights, strict=True))
 
@@ -67,6 +70,7 @@ def gradient_flow_mode_drift(weights, task: Task) -> Array:
 
     ``G = D S_x`` online (THEORY §5), ``W S_xx - S_yx`` offline. Shape ``(r,)``.
     """
+    v.check_weights(weights, task.d_in, task.d_out)
     p, q = functional_factors(weights, task.left, task.right)
     g = error_matrix(weights, task)
     return -jnp.einsum("loa,oi,lia->a", p, g, q)
@@ -90,6 +94,7 @@ def amplitude_covariation(weights, task: Task, left: Array, right: Array, learni
     ``eta c (<F_i, F_j> + tr(F_i F_j) + tr(N_i^T S_eps N_j S_x))`` online, ``eta c Cov_n(<N_i,
     R>, <N_j, R>)`` offline. Shape ``(k, k)``, or ``(k,)`` with ``diagonal=True``.
     """
+    v.check_weights(weights, task.d_in, task.d_out)
     v.finite_scalar("learning_rate", learning_rate, minimum=0.0)
     scale = learning_rate * batch_factor(task, batch_size, replacement)
     p, q = functional_factors(weights, left, right)
@@ -162,6 +167,7 @@ def amplitude_ito_drift(weights, task: Task, left: Array, right: Array, learning
     Only mixed layer pairs enter (``a`` is multilinear): ``eta c sum_{l<m} p_m^T E[R Gamma_lm R]
     q_l`` with ``Gamma_lm = B_m^T C_ml A_l^T`` (THEORY §5). Zero at depth 1.
     """
+    v.check_weights(weights, task.d_in, task.d_out)
     v.finite_scalar("learning_rate", learning_rate, minimum=0.0)
     depth = len(weights)
     k = left.shape[1]

@@ -46,6 +46,7 @@ def batch_factor(task: Task, batch_size, replacement: bool = True):
 
 def offline_residuals(weights, task: Task) -> Array:
     """Centred per-sample matrices ``R_i - Rbar``, shape ``(n, d_out, d_in)`` (App. G)."""
+    v.check_weights(weights, task.d_in, task.d_out)
     x, y = task.data
     e = x @ end_to_end(weights).T - y
     sxx, syx = data_moments(task)
@@ -59,6 +60,7 @@ def residual_covariance(weights, task: Task) -> Array:
     Online (THEORY §3, with the symmetric root ``S_x^{1/2}``):
     ``(S^½ ⊗ D S^½)(I + K)(S^½ ⊗ D S^½)^T + S_x ⊗ S_eps``. Offline: ``(1/n) sum_i vec R~_i vec R~_i^T``.
     """
+    v.check_weights(weights, task.d_in, task.d_out)
     if not task.online:
         r = offline_residuals(weights, task)
         flat = jnp.swapaxes(r, 1, 2).reshape(r.shape[0], -1)      # vec = column stacking
@@ -86,6 +88,7 @@ def commutation_matrix(rows: int, cols: int, dtype=None) -> Array:
 
 def noise_jacobian(weights) -> Array:
     """Stacked ``J = [B_1 ⊗ A_1^T; ...; B_L ⊗ A_L^T]`` with ``vec xi = J vec R``, ``(P, d_out d_in)``."""
+    v.check_weights(weights)
     lefts, rights = partial_products(weights)
     return jnp.concatenate([jnp.kron(b, a.T) for a, b in zip(lefts, rights, strict=True)],
                            axis=0)
@@ -98,9 +101,10 @@ def noise_covariance(weights, task: Task, batch_size=1, replacement: bool = True
     ``vec W_1, ..., vec W_L``. ``factor`` is :func:`batch_factor` (1 for ``batch_size=1``
     online). The reference implementation: ``O(P^2 d^2)`` memory, for small networks only.
     """
+    v.check_weights(weights, task.d_in, task.d_out)
+    factor = batch_factor(task, batch_size, replacement)   # validates before the O(P^2) work
     j = noise_jacobian(weights)
-    return batch_factor(task, batch_size, replacement) * (j @ residual_covariance(weights, task)
-                                                          @ j.T)
+    return factor * (j @ residual_covariance(weights, task) @ j.T)
 
 
 # ---------------------------------------------------------------------------- samplers
@@ -129,6 +133,7 @@ def noise_residual_from_normals(weights, task: Task, normals, batch_size=1,
     Offline: ``w`` ``(n,)`` standard normal, ``R~ = sum_i w_i sqrt(1/n) (R_i - Rbar)``.
     Scaled by ``sqrt(batch factor)``.
     """
+    v.check_weights(weights, task.d_in, task.d_out)
     scale = jnp.sqrt(batch_factor(task, batch_size, replacement))
     if not task.online:
         (w,) = normals
@@ -158,6 +163,7 @@ def noise_from_normals(weights, task: Task, normals, batch_size=1,
     Cost ``O(L d^3)`` (online) or ``O(n d^2 + L d^3)`` (offline), against ``O(P^3)`` for a
     dense factorisation.
     """
+    v.check_weights(weights, task.d_in, task.d_out)
     r = noise_residual_from_normals(weights, task, normals, batch_size, replacement)
     lefts, rights = partial_products(weights)
     return tuple(a.T @ r @ b.T for a, b in zip(lefts, rights, strict=True))
@@ -170,6 +176,7 @@ def sample_noise(key, weights, task: Task, num_samples: int, batch_size=1,
     Structured sampler (THEORY §3.1 online, §3.2 offline): returns a tuple of arrays of shape
     ``(num_samples, d_l, d_{l-1})``. Batch size 1 by default.
     """
+    v.check_weights(weights, task.d_in, task.d_out)
     num_samples = v.positive_int("num_samples", num_samples)
     normals = draw_noise_normals(key, task, num_samples)
     lefts, rights = partial_products(weights)
@@ -184,6 +191,7 @@ def sample_noise_dense(key, weights, task: Task, num_samples: int, batch_size=1,
     """Reference sampler: factorise the dense ``Sigma`` by ``eigh`` (it is singular, so a plain
     Cholesky fails) with negative rounding eigenvalues clipped. Same output as
     :func:`sample_noise`; ``O(P^3)``: small networks only."""
+    v.check_weights(weights, task.d_in, task.d_out)
     num_samples = v.positive_int("num_samples", num_samples)
     sigma = noise_covariance(weights, task, batch_size, replacement)
     evals, evecs = jnp.linalg.eigh(sigma)

@@ -18,6 +18,7 @@ First order in ``eta / B`` (derived in docs/theory.md; the seed paper's "mean ab
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -136,24 +137,34 @@ def stationary_moments(spectrum, depth: int, learning_rate, batch_size=1, label_
                              mean1, mode1, var1, zero)
 
 
-def _mode_refined(grid, p, s, depth, learning_rate, batch_size, label_noise):
-    """The density's maximum: ``p'/p = (2 mu - D') / D = 0``, solved by bisection on
-    ``2 mu - D'`` in the grid cell pair around the grid argmax (exact to rounding)."""
+@functools.partial(jax.jit, static_argnames=("depth",))
+def _bisect_mode(lo, hi, s, depth, learning_rate, batch_size, label_noise):
+    """Root of ``2 mu - D'`` in ``[lo, hi]`` by 60 bisection steps, compiled once per depth."""
     def condition(a):
         mu = reduced_drift(a, s, depth, learning_rate, batch_size, label_noise, coupled=False)
         slope = jax.grad(lambda x: reduced_diffusion(x, s, depth, learning_rate, batch_size,
                                                      label_noise))(a)
         return 2 * mu - slope
 
+    sign_lo = jnp.sign(condition(lo))
+
+    def step(_, bracket):
+        left, right = bracket
+        mid = 0.5 * (left + right)
+        same = jnp.sign(condition(mid)) == sign_lo
+        return jnp.where(same, mid, left), jnp.where(same, right, mid)
+
+    left, right = jax.lax.fori_loop(0, 60, step, (lo, hi))
+    return 0.5 * (left + right), sign_lo * jnp.sign(condition(hi))
+
+
+def _mode_refined(grid, p, s, depth, learning_rate, batch_size, label_noise):
+    """The density's maximum: ``p'/p = (2 mu - D') / D = 0``, solved by bisection on
+    ``2 mu - D'`` in the grid cell pair around the grid argmax (exact to rounding)."""
     i = int(jnp.clip(jnp.argmax(p), 1, p.shape[0] - 2))
-    lo, hi = grid[i - 1], grid[i + 1]
-    if float(condition(lo)) * float(condition(hi)) > 0:   # no sign change: keep the grid node
-        return grid[i]
-    for _ in range(80):
-        mid = 0.5 * (lo + hi)
-        same = float(condition(mid)) * float(condition(lo)) > 0
-        lo, hi = (mid, hi) if same else (lo, mid)
-    return 0.5 * (lo + hi)
+    root, bracket_sign = _bisect_mode(grid[i - 1], grid[i + 1], s, depth, learning_rate,
+                                      batch_size, label_noise)
+    return jnp.where(bracket_sign < 0, root, grid[i])     # no sign change: keep the grid node
 
 
 def _validate(s, depth, learning_rate, batch_size, label_noise):
