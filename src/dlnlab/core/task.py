@@ -160,15 +160,11 @@ class Task:
             sx = np.asarray(input_covariance, dtype=np.float64)
         else:
             sx = None
-        self.teacher = as_array(m)
-        self.left = as_array(u)
-        self.spectrum = as_array(s)
-        self.right = as_array(vv)
-        self.label_covariance = as_array(label)
-        self.label_sqrt = as_array(None if label is None else _sym_sqrt(label))
-        self.input_covariance = as_array(sx)
-        self.input_sqrt = as_array(None if sx is None else _sym_sqrt(sx))
-        self.data = data
+        values = (as_array(m), as_array(u), as_array(s), as_array(vv), as_array(label),
+                  as_array(None if label is None else _sym_sqrt(label)), as_array(sx),
+                  as_array(None if sx is None else _sym_sqrt(sx)), data)
+        for name, value in zip(self._FIELDS, values, strict=True):
+            object.__setattr__(self, name, value)
 
     # ------------------------------------------------------------------ pytree protocol
     _FIELDS = ("teacher", "left", "spectrum", "right", "label_covariance", "label_sqrt",
@@ -181,11 +177,14 @@ class Task:
     def tree_unflatten(cls, aux, children):
         task = object.__new__(cls)
         for name, value in zip(cls._FIELDS, children, strict=True):
-            setattr(task, name, value)
+            object.__setattr__(task, name, value)
         return task
 
+    def __setattr__(self, name, value):
+        raise AttributeError(f"Task is immutable: use task.replace({name}=...) or a constructor")
+
     def replace(self, **changes) -> Task:
-        """A copy with some array fields replaced (no validation: for internal use)."""
+        """A copy with some fields replaced (no validation: the caller keeps them consistent)."""
         children = [changes.pop(f, getattr(self, f)) for f in self._FIELDS]
         if changes:
             v.fail("replace", sorted(changes), f"unknown Task fields; known: {self._FIELDS}")
