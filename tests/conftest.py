@@ -35,7 +35,7 @@ def assert_rejected_mc(estimate, wrong, standard_error, k: float = K_SIGMA, what
     assert np.max(z) > k, f"{what}: a wrong formula would pass (max z = {np.max(z):.2f})"
 
 
-def frobenius_mc_check(samples: np.ndarray, exact_cov: np.ndarray, wrong_cov=None,
+def check_covariance_mc(samples: np.ndarray, exact_cov: np.ndarray, wrong_cov=None,
                        what: str = "", factor: float = 3.0):
     """Empirical covariance of ``samples (N, P)`` (known mean zero) against ``exact_cov``.
 
@@ -58,6 +58,29 @@ def frobenius_mc_check(samples: np.ndarray, exact_cov: np.ndarray, wrong_cov=Non
         assert err_wrong > factor * rms, (f"{what}: the wrong formula would pass "
                                           f"({err_wrong:.3e} <= {factor} x {rms:.3e})")
     return err / np.linalg.norm(exact_cov)
+
+
+def random_psd(key, n: int, floor: float = 0.5) -> np.ndarray:
+    """A well-conditioned random covariance ``A A^T / n + floor I``."""
+    a = np.asarray(jax.random.normal(key, (n, n)))
+    return a @ a.T / n + floor * np.eye(n)
+
+
+def random_state(key, widths, label_noise, whitened, data=None):
+    """``(task, weights)``: a task with spectrum 1 ... 0.3 (optionally non-whitened, offline with
+    ``data`` samples) and random Gaussian weights — a non-aligned, unbalanced state with O(1)
+    error, so every term of the noise formulas matters."""
+    import dlnlab as d
+
+    k_task, k_w, k_cov, k_data = jax.random.split(key, 4)
+    d_in, d_out = widths[0], widths[-1]
+    spectrum = np.linspace(1.0, 0.3, min(d_in, d_out))
+    cov = None if whitened else random_psd(k_cov, d_in)
+    task = d.Task.from_spectrum(k_task, d_in, d_out, spectrum, label_noise=label_noise,
+                                input_covariance=cov)
+    if data is not None:
+        task = task.with_data(k_data, data)
+    return task, d.init_gaussian(k_w, widths, 1.0)
 
 
 @pytest.fixture

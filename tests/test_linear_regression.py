@@ -8,19 +8,15 @@ import pytest
 from scipy.linalg import solve_continuous_lyapunov
 
 import dlnlab as d
+from conftest import random_psd
 from dlnlab import theory as th
-
-
-def _random_psd(key, n, floor=0.1):
-    a = np.asarray(jax.random.normal(key, (n, n)))
-    return a @ a.T / n + floor * np.eye(n)
 
 
 def test_lyapunov_solution_against_scipy_and_the_q_form(key):
     """H M + M H = eta C (2.29) against scipy's Bartels-Stewart solver; M = (eta/2) H^-1 (C + Q)
     with Q antisymmetric (2.30-2.31); the detailed-balance form (2.33) differs unless [H, C] = 0."""
     k1, k2 = jax.random.split(key)
-    h, c, eta = _random_psd(k1, 6), _random_psd(k2, 6), 0.05
+    h, c, eta = random_psd(k1, 6, 0.1), random_psd(k2, 6, 0.1), 0.05
     sol = th.solve_lyapunov(h, c, eta)
     m = np.asarray(sol.covariance)
     np.testing.assert_allclose(m, solve_continuous_lyapunov(h, eta * c), rtol=1e-10, atol=1e-14)

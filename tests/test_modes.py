@@ -8,25 +8,8 @@ import numpy as np
 import pytest
 
 import dlnlab as d
-from conftest import assert_close_mc, assert_rejected_mc
+from conftest import assert_close_mc, assert_rejected_mc, random_state
 from dlnlab.core.products import flatten_weights, partial_products, span_product, unflatten_weights
-
-
-def _make(key, widths, label_noise, whitened, data=None):
-    k_task, k_w, k_cov, k_data = jax.random.split(key, 4)
-    d_in, d_out = widths[0], widths[-1]
-    spectrum = np.linspace(1.0, 0.3, min(d_in, d_out))
-    cov = None
-    if not whitened:
-        a = np.asarray(jax.random.normal(k_cov, (d_in, d_in)))
-        cov = a @ a.T / d_in + 0.5 * np.eye(d_in)
-    task = d.Task.from_spectrum(k_task, d_in, d_out, spectrum, label_noise=label_noise,
-                                input_covariance=cov)
-    if data is not None:
-        task = task.with_data(k_data, data)
-    # Random, non-aligned, unbalanced state with O(1) error so every term matters.
-    weights = d.init_gaussian(k_w, widths, 1.0)
-    return task, weights
 
 
 def _mode_gradients(weights, task, left=None, right=None):
@@ -51,7 +34,7 @@ STATES = [((3, 4, 2), 0.6, True), ((3, 4, 2), 0.0, False), ((2, 3, 4, 3), 0.4, F
 def test_diffusion_and_ito_equal_dense_and_autodiff(key, widths, label_noise, whitened):
     """Exact identities (float64, <= 1e-10 relative): D_a = (eta/B) grad a^T Sigma grad a,
     covariation = (eta/B) grad a_a^T Sigma grad a_b, mu_Ito = (eta/2B) tr(Hess a Sigma)."""
-    task, weights = _make(key, widths, label_noise, whitened)
+    task, weights = random_state(key, widths, label_noise, whitened)
     eta, batch = 0.05, 3
     sigma = np.asarray(d.noise_covariance(weights, task, batch_size=batch))
     grads, amplitudes, theta = _mode_gradients(weights, task)
@@ -68,7 +51,7 @@ def test_diffusion_and_ito_equal_dense_and_autodiff(key, widths, label_noise, wh
 
 def test_cross_amplitude_diffusion_is_the_same_formula(key):
     """§5: the diffusion of a_ab uses N = Theta(u_a v_b^T): compare with the dense route."""
-    task, weights = _make(key, (3, 4, 3), 0.5, False)
+    task, weights = random_state(key, (3, 4, 3), 0.5, False)
     left = task.left[:, [0, 1, 2]]
     right = task.right[:, [1, 2, 0]]       # cross amplitudes a_12, a_23, a_31
     grads, _, _ = _mode_gradients(weights, task, left, right)
@@ -81,7 +64,7 @@ def test_cross_amplitude_diffusion_is_the_same_formula(key):
 def test_diffusion_and_ito_against_monte_carlo_of_sgd_noise(key, widths, label_noise, whitened):
     """§10.4: D_a and mu_Ito against Monte Carlo over true per-sample gradients (x, eps drawn
     from the task), at random non-aligned states; a formula missing a term is rejected."""
-    task, weights = _make(key, widths, label_noise, whitened)
+    task, weights = random_state(key, widths, label_noise, whitened)
     eta, n = 0.1, 200_000
     x, y = d.sample_batch(jax.random.fold_in(key, 11), task, n)
     mean = d.population_gradient(weights, task)
@@ -139,7 +122,7 @@ def test_diffusion_and_ito_against_monte_carlo_of_sgd_noise(key, widths, label_n
 @pytest.mark.parametrize("replacement", [True, False])
 def test_offline_diffusion_and_ito_equal_dense(key, replacement):
     """Offline (finite data set): the same identities with Sigma_n and the batch factor."""
-    task, weights = _make(key, (3, 4, 2, 3), 0.5, True, data=11)
+    task, weights = random_state(key, (3, 4, 2, 3), 0.5, True, data=11)
     eta, batch = 0.05, 4
     sigma = np.asarray(d.noise_covariance(weights, task, batch, replacement))
     grads, amplitudes, theta = _mode_gradients(weights, task)
@@ -154,7 +137,7 @@ def test_offline_diffusion_and_ito_equal_dense(key, replacement):
 @pytest.mark.parametrize("offline", [False, True])
 def test_ntk_and_gradient_flow_drift_against_jvp(key, offline):
     """dW/dt along -grad L equals -Theta(G) (jax.jvp), and so does each mode's drift."""
-    task, weights = _make(key, (3, 5, 4, 2), 0.3, False, data=17 if offline else None)
+    task, weights = random_state(key, (3, 5, 4, 2), 0.3, False, data=17 if offline else None)
     direction = tuple(-g for g in d.gradient(weights, task))
     _, w_dot = jax.jvp(d.end_to_end, (weights,), (direction,))
     theta_g = d.ntk_operator(weights, d.error_matrix(weights, task))
@@ -170,7 +153,7 @@ def test_ntk_and_gradient_flow_drift_against_jvp(key, offline):
 
 def test_population_loss_is_the_expected_sample_loss(key):
     """0.5 tr(D S_x D^T) + 0.5 tr(S_eps) = E[0.5 ||W x - y||^2] (Monte Carlo)."""
-    task, weights = _make(key, (3, 4, 2), 0.7, False)
+    task, weights = random_state(key, (3, 4, 2), 0.7, False)
     x, y = d.sample_batch(jax.random.fold_in(key, 3), task, 200_000)
     r = np.asarray(x @ d.end_to_end(weights).T - y)
     losses = 0.5 * np.sum(r * r, axis=1)
@@ -182,7 +165,7 @@ def test_population_loss_is_the_expected_sample_loss(key):
 
 
 def test_mode_amplitudes_and_cross_modes(key):
-    task, weights = _make(key, (4, 3, 3), 0.0, True)
+    task, weights = random_state(key, (4, 3, 3), 0.0, True)
     w = np.asarray(d.end_to_end(weights))
     cross = np.asarray(d.cross_mode_amplitudes(weights, task))
     np.testing.assert_allclose(cross, np.asarray(task.left).T @ w @ np.asarray(task.right), atol=1e-14)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import dlnlab as d
-from conftest import frobenius_mc_check
+from conftest import check_covariance_mc, random_state
 from dlnlab.core.products import flatten_weights
 
 
@@ -18,21 +18,6 @@ def _stack(per_layer):
     """Column-stacked ``theta`` for every sample: ``(N, P)`` from a tuple of ``(N, d_l, d_{l-1})``."""
     return np.concatenate([np.asarray(jnp.swapaxes(g, 1, 2)).reshape(g.shape[0], -1)
                            for g in per_layer], axis=1)
-
-
-def _make(key, widths, label_noise, whitened):
-    k_task, k_w, k_cov = jax.random.split(key, 3)
-    d_in, d_out = widths[0], widths[-1]
-    rank = min(d_in, d_out)
-    spectrum = np.linspace(1.0, 0.4, rank)
-    cov = None
-    if not whitened:
-        a = np.asarray(jax.random.normal(k_cov, (d_in, d_in)))
-        cov = a @ a.T / d_in + 0.5 * np.eye(d_in)
-    task = d.Task.from_spectrum(k_task, d_in, d_out, spectrum, label_noise=label_noise,
-                                input_covariance=cov)
-    weights = d.init_gaussian(k_w, widths, 1.0)
-    return task, weights
 
 
 def _wrong_covariance_without_commutation(weights, task):
@@ -62,18 +47,18 @@ CASES = [
 @pytest.mark.parametrize("widths,label_noise,whitened", CASES)
 def test_block_covariance_matches_per_sample_gradients(key, widths, label_noise, whitened):
     """§10.1: Sigma (block formula) = empirical covariance of 10^5 true per-sample gradients."""
-    task, weights = _make(key, widths, label_noise, whitened)
+    task, weights = random_state(key, widths, label_noise, whitened)
     x, y = d.sample_batch(jax.random.fold_in(key, 1), task, 100_000)
     per_sample = _stack(d.per_sample_gradients(weights, x, y))
     noise = per_sample - np.asarray(flatten_weights(d.population_gradient(weights, task)))
     sigma = np.asarray(d.noise_covariance(weights, task))
     wrong = _wrong_covariance_without_commutation(weights, task)
-    frobenius_mc_check(noise, sigma, wrong, what=f"Sigma {widths} sigma={label_noise}")
+    check_covariance_mc(noise, sigma, wrong, what=f"Sigma {widths} sigma={label_noise}")
 
 
 def test_per_sample_gradient_is_autodiff_gradient(key):
     """The per-sample gradient formula A^T (W x - y) x^T B^T equals jax.grad of 0.5||Wx - y||^2."""
-    task, weights = _make(key, (3, 4, 5, 2), 0.3, False)
+    task, weights = random_state(key, (3, 4, 5, 2), 0.3, False)
     x, y = d.sample_batch(key, task, 7)
     ours = d.per_sample_gradients(weights, x, y)
 
@@ -88,7 +73,7 @@ def test_per_sample_gradient_is_autodiff_gradient(key):
 
 def test_noise_covariance_is_psd_with_bounded_rank(key):
     """Sigma is symmetric PSD of rank <= d_out d_in (so a plain Cholesky factorisation fails)."""
-    task, weights = _make(key, (3, 4, 5, 2), 0.0, True)
+    task, weights = random_state(key, (3, 4, 5, 2), 0.0, True)
     sigma = np.asarray(d.noise_covariance(weights, task))
     np.testing.assert_allclose(sigma, sigma.T, atol=1e-13)
     evals = np.linalg.eigvalsh(sigma)
@@ -99,27 +84,27 @@ def test_noise_covariance_is_psd_with_bounded_rank(key):
 @pytest.mark.parametrize("widths,label_noise,whitened", [CASES[1], CASES[3], CASES[4]])
 def test_structured_and_dense_samplers_have_the_exact_covariance(key, widths, label_noise, whitened):
     """§10.2: the O(L d^3) structured sampler and the dense eigh sampler both draw N(0, Sigma/B)."""
-    task, weights = _make(key, widths, label_noise, whitened)
+    task, weights = random_state(key, widths, label_noise, whitened)
     batch = 4
     sigma = np.asarray(d.noise_covariance(weights, task, batch_size=batch))
     wrong = _wrong_covariance_without_commutation(weights, task) / batch
     fast = _stack(d.sample_noise(jax.random.fold_in(key, 2), weights, task, 100_000, batch_size=batch))
-    frobenius_mc_check(fast, sigma, wrong, what="structured sampler")
+    check_covariance_mc(fast, sigma, wrong, what="structured sampler")
     dense = _stack(d.sample_noise_dense(jax.random.fold_in(key, 3), weights, task, 100_000,
                                         batch_size=batch))
-    frobenius_mc_check(dense, sigma, wrong, what="dense eigh sampler")
+    check_covariance_mc(dense, sigma, wrong, what="dense eigh sampler")
 
 
 @pytest.mark.parametrize("replacement", [True, False])
 def test_offline_sampler_has_the_finite_data_covariance(key, replacement):
     """§3.2: sum_i w_i (R_i - Rbar) with w_i ~ N(0, c/n) has covariance c Sigma_n."""
-    task, weights = _make(key, (3, 4, 2), 0.5, True)
+    task, weights = random_state(key, (3, 4, 2), 0.5, True)
     task = task.with_data(jax.random.fold_in(key, 4), 9)
     sigma = np.asarray(d.noise_covariance(weights, task, batch_size=3, replacement=replacement))
     samples = _stack(d.sample_noise(jax.random.fold_in(key, 5), weights, task, 100_000, batch_size=3,
                                     replacement=replacement))
     other = np.asarray(d.noise_covariance(weights, task, batch_size=3, replacement=not replacement))
-    frobenius_mc_check(samples, sigma, other, what=f"offline sampler replacement={replacement}")
+    check_covariance_mc(samples, sigma, other, what=f"offline sampler replacement={replacement}")
 
 
 def _batch_gradient(weights, task, index):
@@ -131,7 +116,7 @@ def _batch_gradient(weights, task, index):
 @pytest.mark.parametrize("batch", [1, 2, 3, 5])
 def test_without_replacement_factor_by_enumeration(key, batch):
     """§10.3: over all C(n, B) batches, Cov(batch gradient) = Sigma_n (n - B) / (B (n - 1))."""
-    task, weights = _make(key, (3, 4, 2), 0.5, True)
+    task, weights = random_state(key, (3, 4, 2), 0.5, True)
     n = 5
     task = task.with_data(jax.random.fold_in(key, 6), n)
     grads = np.array([_batch_gradient(weights, task, idx)
@@ -152,7 +137,7 @@ def test_without_replacement_factor_by_enumeration(key, batch):
 @pytest.mark.parametrize("batch", [1, 2, 3])
 def test_with_replacement_factor_by_enumeration(key, batch):
     """Over all n^B ordered batches drawn with replacement, Cov = Sigma_n / B."""
-    task, weights = _make(key, (2, 3, 2), 0.3, False)
+    task, weights = random_state(key, (2, 3, 2), 0.3, False)
     n = 4
     task = task.with_data(jax.random.fold_in(key, 7), n)
     grads = np.array([_batch_gradient(weights, task, idx)
@@ -165,7 +150,7 @@ def test_with_replacement_factor_by_enumeration(key, batch):
 
 def test_offline_covariance_tends_to_online_for_large_data(key):
     """Sigma_n -> Sigma as n grows (law of large numbers); the offline path is not a separate law."""
-    task, weights = _make(key, (3, 4, 2), 0.5, False)
+    task, weights = random_state(key, (3, 4, 2), 0.5, False)
     online = np.asarray(d.noise_covariance(weights, task))
     errors = []
     for n in (1_000, 100_000):
