@@ -12,6 +12,8 @@ import jax
 import numpy as np
 import pytest
 
+import dlnlab as d
+
 jax.config.update("jax_enable_x64", True)
 
 # 5 standard errors: a false alarm has probability ~6e-7 per scalar comparison.
@@ -70,8 +72,6 @@ def random_state(key, widths, label_noise, whitened, data=None):
     """``(task, weights)``: a task with spectrum 1 ... 0.3 (optionally non-whitened, offline with
     ``data`` samples) and random Gaussian weights — a non-aligned, unbalanced state with O(1)
     error, so every term of the noise formulas matters."""
-    import dlnlab as d
-
     k_task, k_w, k_cov, k_data = jax.random.split(key, 4)
     d_in, d_out = widths[0], widths[-1]
     spectrum = np.linspace(1.0, 0.3, min(d_in, d_out))

@@ -163,7 +163,6 @@ def noise_from_normals(weights, task: Task, normals, batch_size=1,
     Cost ``O(L d^3)`` (online) or ``O(n d^2 + L d^3)`` (offline), against ``O(P^3)`` for a
     dense factorisation.
     """
-    v.check_weights(weights, task.d_in, task.d_out)
     r = noise_residual_from_normals(weights, task, normals, batch_size, replacement)
     lefts, rights = partial_products(weights)
     return tuple(a.T @ r @ b.T for a, b in zip(lefts, rights, strict=True))
@@ -191,7 +190,6 @@ def sample_noise_dense(key, weights, task: Task, num_samples: int, batch_size=1,
     """Reference sampler: factorise the dense ``Sigma`` by ``eigh`` (it is singular, so a plain
     Cholesky fails) with negative rounding eigenvalues clipped. Same output as
     :func:`sample_noise`; ``O(P^3)``: small networks only."""
-    v.check_weights(weights, task.d_in, task.d_out)
     num_samples = v.positive_int("num_samples", num_samples)
     sigma = noise_covariance(weights, task, batch_size, replacement)
     evals, evecs = jnp.linalg.eigh(sigma)
