@@ -165,3 +165,19 @@ def test_commutation_matrix_transposes(key):
     x = np.asarray(jax.random.normal(key, (3, 5)))
     k = np.asarray(d.commutation_matrix(3, 5))
     np.testing.assert_array_equal(k @ x.T.reshape(-1), x.reshape(-1))  # vec X -> vec X^T
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(label_noise=0.4),
+                                    dict(label_noise=0.4, input_covariance=np.diag(np.arange(1.0, 6.0)))])
+def test_noise_trace_equals_dense_trace(kwargs):
+    """Closed-form tr(Sigma) (docs/theory.md §5.4) against the trace of the dense block formula."""
+    task = d.Task.from_spectrum(jax.random.key(1), 5, 4, [1.0, 0.5], **kwargs)
+    weights = d.init_gaussian(jax.random.key(2), (5, 3, 4), 0.5)
+    for batch in (1, 3):
+        np.testing.assert_allclose(d.noise_trace(weights, task, batch),
+                                   jnp.trace(d.noise_covariance(weights, task, batch)), rtol=1e-10)
+    offline = task.with_data(jax.random.key(3), 17)
+    for replacement in (True, False):
+        np.testing.assert_allclose(d.noise_trace(weights, offline, 3, replacement),
+                                   jnp.trace(d.noise_covariance(weights, offline, 3, replacement)),
+                                   rtol=1e-10)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -96,8 +98,54 @@ def theory(
         console.print("sigma = 0: each stationary law is a Dirac mass at s (variance 0).")
 
 
+@app.command()
+def run(
+    config: Annotated[Path | None, typer.Argument(
+        help="TOML config (see examples/); default: the paper's task.")] = None,
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", help="key=value override, e.g. training.learning_rate=0.02 (repeatable).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Run directory (default: runs/<name>).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Run an experiment: every method, figures, results.nc, summary.json and a table."""
+    from .experiments.runner import run_to_directory
+
+    run_to_directory(config, overrides or [], out, quiet=quiet)
+
+
+@app.command()
+def bench(
+    quick: bool = typer.Option(False, "--quick", help="Fewer runs and steps (about a minute)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list of results."),
+) -> None:
+    """Speed of dlnlab's compiled steppers against plain baselines, measured in one run."""
+    from .benchmarks import print_results, run_benchmarks
+
+    results = run_benchmarks(quick=quick, progress=not as_json)
+    if as_json:
+        print(json.dumps(results, indent=2))
+    else:
+        print_results(results)
+
+
+# XLA:CPU's YNNPACK fusion pass slows the runs-on-the-minor-axis layout of the engine 2-3x
+# (PERF-NOTES; `dlnlab bench` measures it). Turned off here, where the process starts, never
+# at import; a user's own XLA_FLAGS setting of it wins.
+_XLA_CPU_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
+
+
+def _set_xla_flags() -> None:
+    import os
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_cpu_experimental_ynn_fusion_type" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {_XLA_CPU_FLAG}".strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one-line errors with exit code 2, float64 for theory numerics."""
+    _set_xla_flags()
     import jax
 
     # Process start is the one place to set numerics flags (never at import time).

@@ -203,3 +203,34 @@ def sample_noise_dense(key, weights, task: Task, num_samples: int, batch_size=1,
         out.append(jnp.swapaxes(block, 1, 2))                      # undo column stacking
         offset += size
     return tuple(out)
+
+
+def noise_trace(weights, task: Task, batch_size=1, replacement: bool = True) -> Array:
+    """``tr Sigma(theta) * factor``: the total gradient-noise variance, without forming ``Sigma``.
+
+    Online, with ``X_l = A_l^T D S^½``, ``Y_l = S^½ B_l^T`` and ``Gt`` of covariance ``I + K``:
+    ``E||X Gt Y||^2 = ||X||^2 ||Y||^2 + tr(X^T X Y Y^T)``; label noise adds
+    ``||A_l^T S_eps^½||^2 ||Y_l||^2`` (docs/theory.md §5.4). Offline:
+    ``(1/n) sum_i sum_l ||A_l^T (R_i - Rbar) B_l^T||^2``. Sets the isotropic temperature
+    ``T = eta tr(Sigma) / (2 B P)`` (THEORY §4).
+    """
+    v.check_weights(weights, task.d_in, task.d_out)
+    factor = batch_factor(task, batch_size, replacement)
+    lefts, rights = partial_products(weights)
+    total = jnp.zeros((), weights[0].dtype)
+    if not task.online:
+        r = offline_residuals(weights, task)                       # (n, d_out, d_in)
+        for a, b in zip(lefts, rights, strict=True):
+            total = total + jnp.sum(jnp.einsum("oi,noj,kj->nik", a, r, b) ** 2) / r.shape[0]
+        return factor * total
+    d = error(weights, task)
+    root = task.input_sqrt if not task.whitened else None
+    for a, b in zip(lefts, rights, strict=True):
+        x = a.T @ d if root is None else a.T @ d @ root
+        y = b.T if root is None else root @ b.T
+        yy = jnp.sum(y * y)
+        total = total + jnp.sum(x * x) * yy + jnp.trace((x.T @ x) @ (y @ y.T))
+        if task.label_covariance is not None:
+            la = a.T @ task.label_sqrt
+            total = total + jnp.sum(la * la) * yy
+    return factor * total

@@ -1,0 +1,222 @@
+"""``dlnlab bench``: dlnlab's compiled steppers against plain baselines, measured in one run.
+
+Baselines are written plainly here, as research code usually is: a per-step NumPy loop with
+hand-written gradients for SGD, and a dense-covariance sampler (form ``Sigma`` (P x P), ``eigh``,
+sample) for the anisotropic SDE. Timing: warm-up call first (reported as compile time), then
+the median of repetitions of at least ``min_seconds`` each. Run-steps/s = runs x steps per second.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+DEPTH, WIDTH, RUNS = 4, 12, 1024
+
+
+def _device() -> str:
+    d = jax.devices()[0]
+    kind = getattr(d, "device_kind", "")
+    return f"{d.platform}:{kind} ({platform.machine()}, {jax.device_count()} device(s))"
+
+
+def _problem(dtype=jnp.float32):
+    from .core import Task, init_gaussian
+
+    task = Task.from_spectrum(jax.random.key(1), WIDTH, WIDTH, [1.0, 2 / 3, 1 / 3], dtype=dtype)
+    weights = init_gaussian(jax.random.key(2), (WIDTH,) * (DEPTH + 1), 2.0, dtype=dtype)
+    return task, weights
+
+
+def _median_rate(fn, work: float, min_seconds: float, repeats: int = 3) -> float:
+    rates = []
+    for _ in range(repeats):
+        count, t0 = 0, time.perf_counter()
+        while True:
+            fn()
+            count += 1
+            elapsed = time.perf_counter() - t0
+            if elapsed >= min_seconds:
+                break
+        rates.append(work * count / elapsed)
+    return float(np.median(rates))
+
+
+def _engine_rate(stepper, weights, hp, runs: int, steps: int, min_seconds: float):
+    """Compile time and run-steps/s of the engine's compiled advance (no recording)."""
+    from .dynamics import _ops as ops
+    from .engine.simulate import _advance_jit, _broadcast_hparams, run_keys
+
+    dtype = weights[0].dtype
+    batched = tuple(jnp.broadcast_to(w[..., None], w.shape + (runs,)) + 0 for w in weights)
+    state = stepper.init(batched)
+    diverged = jnp.full((runs,), -1, jnp.int32)
+    words = ops.key_words(run_keys(jax.random.key(3), runs))
+    hp = _broadcast_hparams(hp, runs, dtype)
+    threshold = jnp.asarray(1e8, dtype)
+    group = min(128, runs)
+    t0 = time.perf_counter()
+    compiled = _advance_jit.lower(stepper, state, diverged, words, hp, jnp.int32(steps),
+                                  block_steps=64, run_group=group, threshold=threshold).compile()
+    compile_s = time.perf_counter() - t0
+
+    def call():
+        jax.block_until_ready(compiled(stepper, state, diverged, words, hp, jnp.int32(steps),
+                                       threshold=threshold))
+    call()
+    return compile_s, _median_rate(call, runs * steps, min_seconds)
+
+
+# ------------------------------------------------------------------------------ baselines
+def _numpy_sgd_rate(weights, teacher, lr: float, min_seconds: float) -> float:
+    """One run, B = 1, a Python loop over steps with hand-written backprop in NumPy."""
+    ws = [np.array(w, dtype=np.float32) for w in weights]
+    m = np.array(teacher, dtype=np.float32)
+    rng = np.random.default_rng(0)
+
+    def steps(n=200):
+        for _ in range(n):
+            x = rng.standard_normal(m.shape[1]).astype(np.float32)
+            y = m @ x
+            acts = [x]
+            for w in ws[:-1]:
+                acts.append(w @ acts[-1])
+            back = (ws[-1] @ acts[-1] - y) * lr
+            for index in range(len(ws) - 1, -1, -1):
+                update = np.outer(back, acts[index])
+                if index > 0:
+                    back = ws[index].T @ back
+                ws[index] -= update
+    steps(20)
+    return _median_rate(steps, 200, min_seconds)
+
+
+def _numpy_dense_sde_rate(weights, teacher, lr: float, h: float, min_seconds: float) -> float:
+    """One run: per step form the dense noise covariance (P x P, THEORY §3 block formula),
+    factorise it with ``eigh`` (it is singular: Cholesky fails), sample, Euler-Maruyama step."""
+    ws = [np.array(w, dtype=np.float64) for w in weights]
+    m = np.array(teacher, dtype=np.float64)
+    d_out, d_in = m.shape
+    rng = np.random.default_rng(0)
+    eye = np.eye(d_in)
+    k = np.zeros((d_in * d_out, d_in * d_out))
+    for i in range(d_out):
+        for j in range(d_in):
+            k[i * d_in + j, j * d_out + i] = 1.0           # K vec(X) = vec(X^T), X (d_out, d_in)
+
+    def step():
+        lefts, rights = [], []
+        right = np.eye(d_in)
+        for w in ws:
+            rights.append(right)
+            right = w @ right
+        end = right
+        left = np.eye(d_out)
+        for w in reversed(ws):
+            lefts.append(left)
+            left = left @ w
+        lefts.reverse()
+        d = end - m
+        cov_r = np.kron(eye, d) @ (np.eye(d_in * d_out) + k) @ np.kron(eye, d).T
+        jac = np.concatenate([np.kron(b, a.T) for a, b in zip(lefts, rights, strict=True)], axis=0)
+        sigma = jac @ cov_r @ jac.T
+        evals, evecs = np.linalg.eigh(sigma)
+        xi = evecs @ (np.sqrt(np.clip(evals, 0, None)) * rng.standard_normal(evals.size))
+        offset = 0
+        for index, (a, b) in enumerate(zip(lefts, rights, strict=True)):
+            w = ws[index]
+            size = w.size
+            noise = xi[offset:offset + size].reshape(w.shape[1], w.shape[0]).T   # un-vec (columns)
+            ws[index] = w - h * (a.T @ d @ b.T) + np.sqrt(h * lr) * noise
+            offset += size
+    step()
+    return _median_rate(step, 1, min_seconds)
+
+
+# ---------------------------------------------------------------------------------- cases
+def run_benchmarks(quick: bool = False, progress: bool = True) -> list[dict]:
+    """Every case; a list of dicts with ``name, config, run_steps_per_s,
+    baseline_run_steps_per_s, ratio, device`` (plus ``compile_s`` and case extras)."""
+    from .dynamics import AnisotropicLangevin, Hyperparameters, OnlineSGD
+
+    min_seconds = 1.0 if quick else 2.0
+    device = _device()
+    task, weights = _problem()
+    lr, h = 0.01, 0.001
+    results = []
+
+    def say(text):
+        if progress:
+            print(f"  ... {text}", flush=True)
+
+    config = f"L={DEPTH}, d={WIDTH}, B=1, float32, {RUNS} runs"
+    say("online SGD (dlnlab)")
+    compile_s, rate = _engine_rate(OnlineSGD(task), weights, Hyperparameters(lr), RUNS,
+                                   2048 if quick else 8192, min_seconds)
+    say("online SGD (NumPy per-step loop baseline)")
+    base = _numpy_sgd_rate(weights, task.teacher, lr, min_seconds)
+    results.append(dict(name="online_sgd", config=config, run_steps_per_s=rate,
+                        baseline_run_steps_per_s=base, ratio=rate / base, device=device,
+                        compile_s=compile_s, baseline="per-step NumPy loop, hand-written gradients"))
+
+    say("anisotropic SDE (dlnlab)")
+    compile_s, rate = _engine_rate(AnisotropicLangevin(task), weights,
+                                   Hyperparameters(lr, 1.0, h), RUNS, 256 if quick else 1024,
+                                   min_seconds)
+    say("anisotropic SDE (dense-covariance eigh baseline)")
+    base = _numpy_dense_sde_rate(weights, task.teacher, lr, h, min_seconds)
+    results.append(dict(name="anisotropic_sde", config=config + f", h={h}",
+                        run_steps_per_s=rate, baseline_run_steps_per_s=base, ratio=rate / base,
+                        device=device, compile_s=compile_s,
+                        baseline="dense Sigma (576x576) + eigh per step, NumPy"))
+
+    results.append(_recording_case(task, weights, lr, quick, device, say))
+    return results
+
+
+def _recording_case(task, weights, lr, quick, device, say) -> dict:
+    """1024 runs of online SGD recorded at 200 log-spaced times with every observable."""
+    from .dynamics import Hyperparameters, OnlineSGD
+    from .engine import record_steps, simulate
+
+    steps = 10**5 if quick else 10**6
+    say(f"recording: {RUNS} runs x {steps:.0e} steps, 200 log-spaced records, all observables")
+    batched = tuple(jnp.broadcast_to(w, (RUNS,) + w.shape) + 0 for w in weights)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    ds = simulate(OnlineSGD(task), batched, Hyperparameters(lr), jax.random.key(4),
+                  record_steps(steps, log_points=200))
+    wall = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss      # KiB on Linux
+    rate = RUNS * steps / wall
+    return dict(name="recording", config=f"online SGD, {RUNS} runs x {steps} steps, "
+                f"{ds.sizes['time']} log-spaced records, all observables",
+                run_steps_per_s=rate, baseline_run_steps_per_s=None, ratio=None, device=device,
+                compile_s=float(ds.attrs["compile_seconds"]), wall_s=wall,
+                records_mb=ds.nbytes / 2**20, peak_rss_mb=peak / 1024,
+                peak_rss_increase_mb=(peak - before) / 1024)
+
+
+def print_results(results: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"dlnlab bench  ({results[0]['device']})")
+    for header in ("case", "configuration", "run-steps/s", "baseline", "ratio", "compile s"):
+        table.add_column(header, justify="right" if header != "configuration" else "left")
+    for r in results:
+        base = "-" if r["baseline_run_steps_per_s"] is None else f"{r['baseline_run_steps_per_s']:.3g}"
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.0f}x"
+        table.add_row(r["name"], r["config"], f"{r['run_steps_per_s']:.3g}", base, ratio,
+                      f"{r['compile_s']:.2f}")
+    console = Console()
+    console.print(table)
+    for r in results:
+        if r["name"] == "recording":
+            console.print(f"recording: {r['records_mb']:.0f} MB of records, peak resident memory "
+                          f"{r['peak_rss_mb']:.0f} MB, wall {r['wall_s']:.1f} s")
