@@ -139,12 +139,16 @@ def _numpy_dense_sde_rate(weights, teacher, lr: float, h: float, min_seconds: fl
 
 
 # ---------------------------------------------------------------------------------- cases
-def run_benchmarks(quick: bool = False, progress: bool = True) -> list[dict]:
+def run_benchmarks(quick: bool = False, progress: bool = True, *, runs: int = RUNS,
+                   min_seconds: float | None = None, recording_steps: int | None = None) -> list[dict]:
     """Every case; a list of dicts with ``name, config, run_steps_per_s,
-    baseline_run_steps_per_s, ratio, device`` (plus ``compile_s`` and case extras)."""
+    baseline_run_steps_per_s, ratio, device`` (plus ``compile_s`` and case extras).
+
+    ``runs``, ``min_seconds`` and ``recording_steps`` shrink the benchmark (tests)."""
     from .dynamics import AnisotropicLangevin, Hyperparameters, OnlineSGD
 
-    min_seconds = 1.0 if quick else 2.0
+    if min_seconds is None:
+        min_seconds = 1.0 if quick else 2.0
     device = _device()
     task, weights = _problem()
     lr, h = 0.01, 0.001
@@ -154,9 +158,9 @@ def run_benchmarks(quick: bool = False, progress: bool = True) -> list[dict]:
         if progress:
             print(f"  ... {text}", flush=True)
 
-    config = f"L={DEPTH}, d={WIDTH}, B=1, float32, {RUNS} runs"
+    config = f"L={DEPTH}, d={WIDTH}, B=1, float32, {runs} runs"
     say("online SGD (dlnlab)")
-    compile_s, rate = _engine_rate(OnlineSGD(task), weights, Hyperparameters(lr), RUNS,
+    compile_s, rate = _engine_rate(OnlineSGD(task), weights, Hyperparameters(lr), runs,
                                    2048 if quick else 8192, min_seconds)
     say("online SGD (NumPy per-step loop baseline)")
     base = _numpy_sgd_rate(weights, task.teacher, lr, min_seconds)
@@ -166,7 +170,7 @@ def run_benchmarks(quick: bool = False, progress: bool = True) -> list[dict]:
 
     say("anisotropic SDE (dlnlab)")
     compile_s, rate = _engine_rate(AnisotropicLangevin(task), weights,
-                                   Hyperparameters(lr, 1.0, h), RUNS, 256 if quick else 1024,
+                                   Hyperparameters(lr, 1.0, h), runs, 256 if quick else 1024,
                                    min_seconds)
     say("anisotropic SDE (dense-covariance eigh baseline)")
     base = _numpy_dense_sde_rate(weights, task.teacher, lr, h, min_seconds)
@@ -175,26 +179,27 @@ def run_benchmarks(quick: bool = False, progress: bool = True) -> list[dict]:
                         device=device, compile_s=compile_s,
                         baseline="dense Sigma (576x576) + eigh per step, NumPy"))
 
-    results.append(_recording_case(task, weights, lr, quick, device, say))
+    if recording_steps is None:
+        recording_steps = 10**5 if quick else 10**6
+    results.append(_recording_case(task, weights, lr, runs, recording_steps, device, say))
     return results
 
 
-def _recording_case(task, weights, lr, quick, device, say) -> dict:
-    """1024 runs of online SGD recorded at 200 log-spaced times with every observable."""
+def _recording_case(task, weights, lr, runs, steps, device, say) -> dict:
+    """Online SGD recorded at 200 log-spaced times with every observable: time and memory."""
     from .dynamics import Hyperparameters, OnlineSGD
     from .engine import record_steps, simulate
 
-    steps = 10**5 if quick else 10**6
-    say(f"recording: {RUNS} runs x {steps:.0e} steps, 200 log-spaced records, all observables")
-    batched = tuple(jnp.broadcast_to(w, (RUNS,) + w.shape) + 0 for w in weights)
+    say(f"recording: {runs} runs x {steps:.0e} steps, 200 log-spaced records, all observables")
+    batched = tuple(jnp.broadcast_to(w, (runs,) + w.shape) + 0 for w in weights)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     ds = simulate(OnlineSGD(task), batched, Hyperparameters(lr), jax.random.key(4),
                   record_steps(steps, log_points=200))
     wall = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss      # KiB on Linux
-    rate = RUNS * steps / wall
-    return dict(name="recording", config=f"online SGD, {RUNS} runs x {steps} steps, "
+    rate = runs * steps / wall
+    return dict(name="recording", config=f"online SGD, {runs} runs x {steps} steps, "
                 f"{ds.sizes['time']} log-spaced records, all observables",
                 run_steps_per_s=rate, baseline_run_steps_per_s=None, ratio=None, device=device,
                 compile_s=float(ds.attrs["compile_seconds"]), wall_s=wall,

@@ -280,7 +280,7 @@ def summarise(data: xr.Dataset) -> dict:
     modes = [int(a) for a in np.flatnonzero(s > 0)]
     out = {"methods": {}}
     for index, method in enumerate(data.method.values):
-        d = data.isel(method=index)   # (label sel keeps the dim with pandas-3 strings)
+        d = data.isel(method=index)   # (`sel(method=...)` would be sel's own `method` argument)
         amp = d.amplitude.transpose("run", "time", "mode").values
         diff = d.diffusion.transpose("run", "time", "mode").values
         rows = []

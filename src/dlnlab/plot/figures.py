@@ -25,6 +25,8 @@ def _grid(n: int):
                              sharex=True)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
+    for ax in axes.flat[:n]:
+        ax.tick_params(labelbottom=True)
     return fig, list(axes.flat[:n])
 
 
@@ -36,7 +38,7 @@ def amplitude_figure(ds: xr.Dataset):
     t = ds.time.values
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, ax in enumerate(axes):
-        d = ds.isel(method=index)   # (label sel keeps the dim with pandas-3 strings)
+        d = ds.isel(method=index)   # (`sel(method=...)` would be sel's own `method` argument)
         for i, a in enumerate(modes):
             c = colors[i % len(colors)]
             amp = d.amplitude.isel(mode=a).transpose("run", "time").values
