@@ -53,7 +53,10 @@ def finite_scalar(name: str, value, *, minimum: float | None = None, strict: boo
     """Check a scalar (skipped for tracers): finite and within bounds."""
     if not is_concrete(value):
         return
-    arr = np.asarray(value)  # scalars or per-mode arrays: every entry is checked
+    try:
+        arr = np.asarray(value, dtype=np.float64)  # scalars or per-mode arrays: every entry
+    except (TypeError, ValueError, OverflowError):
+        fail(name, value, "must be a real number (or an array of them)")
     if not np.all(np.isfinite(arr)):
         fail(name, value, "must be finite")
     if minimum is not None:

@@ -31,6 +31,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="dlnlab: GD, SGD and SDE models of SGD on deep linear networks.")
 
 
+def _register_subcommands() -> None:
+    from .saddles.cli import saddles_app
+
+    app.add_typer(saddles_app, name="saddles")
+
+
+_register_subcommands()
+
+
 def _parse_floats(name: str, text: str) -> list[float]:
     items = text.split(",")
     if any(not item.strip() for item in items):
