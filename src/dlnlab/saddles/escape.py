@@ -6,14 +6,13 @@ or a uniformly random direction) and escapes at the first step ``k`` with
     L(theta_k) <= L(theta*) - f (L(theta*) - L_min)              (``f`` = ``drop_fraction``),
 
 recorded as the time ``t = k * eta`` (GD, SGD; ``eta`` the learning rate) or ``t = k * h`` (SDE step
-``h``), THEORY §1. The steps (THEORY §4), compact ``lax.scan`` loops over core functions:
+``h``), THEORY §1. The steps (THEORY §4) are the engine's steppers in a ``lax.scan`` that stops
+counting at the first passage:
 
-- GD: ``theta <- theta - eta grad L`` (:func:`dlnlab.gradient`);
-- online SGD: ``theta <- theta - eta mean_{i<=B} g(x_i, y_i)`` (:func:`dlnlab.sample_batch`,
-  :func:`dlnlab.minibatch_gradient`);
+- GD: ``theta <- theta - eta grad L`` (:class:`dlnlab.dynamics.GradientDescent`);
+- online SGD: ``theta <- theta - eta mean_{i<=B} g(x_i, y_i)`` (:class:`dlnlab.dynamics.OnlineSGD`);
 - anisotropic SDE, Euler-Maruyama: ``theta <- theta - h grad L + sqrt(h eta / B) xi``,
-  ``xi ~ N(0, Sigma(theta))`` exactly (:func:`dlnlab.draw_noise_normals`,
-  :func:`dlnlab.noise_from_normals`).
+  ``xi ~ N(0, Sigma(theta))`` exactly (:class:`dlnlab.dynamics.AnisotropicLangevin`).
 
 Linearised GD prediction (:func:`linearised_escape_time`): near a strict saddle along the unit
 eigenvector of ``lambda < 0``, ``L = L* + lambda x^2 / 2 + O(x^3)`` and GD multiplies ``x`` by
@@ -31,10 +30,10 @@ import numpy as np
 import xarray as xr
 
 from .. import _validation as v
-from ..core.loss import gradient, minibatch_gradient, population_loss, sample_batch
-from ..core.noise import draw_noise_normals, noise_from_normals
+from ..core.loss import population_loss
 from ..core.products import flatten_weights, layer_widths, unflatten_weights
 from ..core.task import Task
+from ..dynamics import AnisotropicLangevin, GradientDescent, Hyperparameters, OnlineSGD
 from .catalogue import stacked_weights, task_from_dataset
 from .certify import MINIMUM, NOT_CRITICAL, minimum_loss
 
@@ -68,30 +67,25 @@ def escape_run(key, weights, task: Task, threshold, *, method: str, learning_rat
     ``batch_size`` static for SGD, where it is a shape, and may be traced for the SDE).
     """
     h = learning_rate if sde_step is None else sde_step
-
-    def step(theta_w, k):
-        if method == "gd":
-            g = gradient(theta_w, task)
-            return tuple(w - learning_rate * x for w, x in zip(theta_w, g, strict=True))
-        step_key = jax.random.fold_in(key, k)
-        if method == "sgd":
-            x, y = sample_batch(step_key, task, batch_size)
-            g = minibatch_gradient(theta_w, x, y)
-            return tuple(w - learning_rate * x for w, x in zip(theta_w, g, strict=True))
-        g = gradient(theta_w, task)
-        xi = noise_from_normals(theta_w, task, draw_noise_normals(step_key, task), batch_size)
-        scale = jnp.sqrt(h * learning_rate)                   # xi already carries Sigma / B
-        return tuple(w - h * x + scale * z for w, x, z in zip(theta_w, g, xi, strict=True))
+    # The engine's steppers (one step contract, counter-based randomness keyed by the step).
+    if method == "gd":
+        stepper = GradientDescent(task)
+    elif method == "sgd":
+        stepper = OnlineSGD(task, batch_size=int(batch_size))
+    else:
+        stepper = AnisotropicLangevin(task)
+    hparams = Hyperparameters(learning_rate, batch_size, h)
 
     def body(carry, k):
-        theta_w, first = carry
-        theta_w = step(theta_w, k)
-        loss = population_loss(theta_w, task)
+        state, first = carry
+        state, _ = stepper.step(key, state, hparams)
+        loss = population_loss(state.weights, task)
         first = jnp.where((first < 0) & (loss <= threshold), k + 1, first)
-        return (theta_w, first), None
+        return (state, first), None
 
-    (final, first), _ = jax.lax.scan(body, (tuple(weights), jnp.asarray(-1, jnp.int32)),
+    (final, first), _ = jax.lax.scan(body, (stepper.init(tuple(weights)), jnp.asarray(-1, jnp.int32)),
                                      jnp.arange(num_steps, dtype=jnp.int32))
+    final = final.weights
     return first, population_loss(final, task)
 
 
