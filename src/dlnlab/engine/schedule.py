@@ -22,8 +22,7 @@ def record_steps(num_steps: int, *, every: int | None = None, log_points: int | 
                "give exactly one of every, log_points, steps")
     if every is not None:
         every = v.positive_int("record.every", every)
-        out = np.arange(0, num_steps + 1, every)
-        out = np.append(out, num_steps)
+        out = np.append(np.arange(every, num_steps + 1, every), num_steps)
     elif log_points is not None:
         log_points = v.positive_int("record.log_points", log_points)
         out = np.round(np.logspace(0, np.log10(num_steps), log_points)).astype(np.int64)

@@ -35,6 +35,17 @@ def run_keys(key, num_runs: int, run_offset: int = 0):
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
 
 
+def _with_dtype(stepper: Stepper, dtype) -> Stepper:
+    """The stepper with its task's floating arrays in ``dtype`` (the weights' dtype sets the
+    simulation's precision; a float64 task with float32 weights would otherwise promote)."""
+    def cast(x):
+        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+    if all(x.dtype == dtype for x in jax.tree_util.tree_leaves(stepper)
+           if jnp.issubdtype(x.dtype, jnp.floating)):
+        return stepper
+    return jax.tree_util.tree_map(cast, stepper)
+
+
 def _broadcast_hparams(hparams: Hyperparameters, num_runs: int, dtype) -> Hyperparameters:
     """Every leaf as an array of shape ``(num_runs,)`` (runs-minor broadcasting)."""
     def leaf(name, x):
@@ -142,8 +153,9 @@ def _observe(stepper, state, hparams, replacement, coupled):
 _observe_jit = jax.jit(_observe, static_argnames=("replacement", "coupled"))
 
 
-def _fingerprint(phases, weights, hparams, words, steps, threshold) -> str:
+def _fingerprint(phases, weights, hparams, words, steps, threshold, settings) -> str:
     h = hashlib.sha256()
+    h.update(repr(settings).encode())
     h.update(repr([(at, jax.tree_util.tree_structure(st)) for at, st, _ in phases]).encode())
     for leaf in jax.tree_util.tree_leaves((phases, weights, hparams, words)):
         h.update(np.asarray(leaf).tobytes())
@@ -168,6 +180,8 @@ def _save_checkpoint(path: Path, fingerprint, state, diverged, position, index, 
 def _load_checkpoint(path: Path, fingerprint, state, records):
     with np.load(path) as data:
         if str(data["fingerprint"]) != fingerprint:
+            return None
+        if any(f"record_{k}" not in data.files for k in records):
             return None
         structure = jax.tree_util.tree_structure(state)
         leaves = [jnp.asarray(data[f"state_{i}"]) for i in range(structure.num_leaves)]
@@ -229,6 +243,8 @@ def simulate(stepper: Stepper, weights, hparams: Hyperparameters, key, record_st
     block_steps = v.positive_int("block_steps", block_steps)
     chunk_steps = v.positive_int("chunk_steps", chunk_steps)
     run_group = v.positive_int("run_group", run_group)
+    stepper = _with_dtype(stepper, dtype)
+    switches = [(at, _with_dtype(st, dtype), hps) for at, st, hps in switches]
     hp = _broadcast_hparams(hparams, num_runs, dtype)
     padded = num_runs if num_runs <= run_group else -(-num_runs // run_group) * run_group
     phases = [(0, stepper, hp)]
@@ -251,7 +267,8 @@ def simulate(stepper: Stepper, weights, hparams: Hyperparameters, key, record_st
     names = list(OBSERVABLE_DIMS) if observables else ["loss"]
     records = {k: np.full((num_runs, steps.size) + shapes[k].shape[1:], np.nan,
                           dtype=np.dtype(shapes[k].dtype)) for k in names}
-    fingerprint = _fingerprint(phases, weights, hp, words, steps, divergence_threshold)
+    fingerprint = _fingerprint(phases, weights, hp, words, steps, divergence_threshold,
+                               (observables, replacement, coupled, str(dtype)))
     ckpt = Path(checkpoint) if checkpoint is not None else None
     position, index = 0, 0
     if ckpt is not None and ckpt.exists():

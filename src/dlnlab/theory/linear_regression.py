@@ -81,7 +81,7 @@ class SingleLayerFluctuations(NamedTuple):
     covariance: Array        # M solving H M + M H = eta C
     antisymmetric: Array     # Q
     detailed_balance: Array  # (eta/2) H^+ C
-    isotropic: Array         # eta sigma^2 / (2B) I (infinite-data limit)
+    isotropic: Array         # eta sigma^2 / (2B) I (infinite-data limit); NaN if S_eps is not sigma^2 I
 
 
 def single_layer_fluctuations(task: Task, learning_rate, batch_size=1,
@@ -103,7 +103,10 @@ def single_layer_fluctuations(task: Task, learning_rate, batch_size=1,
     hess = jnp.kron(sxx, jnp.eye(task.d_out, dtype=sxx.dtype))
     noise = noise_covariance(weights, task, batch_size, replacement)
     lyap = solve_lyapunov(hess, noise, learning_rate)
-    sigma = 0.0 if task.label_covariance is None else task.label_noise_std
-    iso = isotropic_covariance(hess.shape[0], learning_rate, batch_size, sigma)
+    try:
+        sigma = task.label_noise_std
+        iso = isotropic_covariance(hess.shape[0], learning_rate, batch_size, sigma)
+    except ValueError:      # anisotropic S_eps: no isotropic reference (the rest holds)
+        iso = jnp.full(hess.shape, jnp.nan, hess.dtype)
     return SingleLayerFluctuations(solution, hess, noise, lyap.covariance, lyap.antisymmetric,
                                    lyap.detailed_balance, iso.astype(hess.dtype))
