@@ -215,3 +215,25 @@ def test_module_entry_point_bad_input(tmp_path):
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.splitlines() == ["error: depth=0: must be an integer >= 1"]
+
+
+def test_importing_the_cli_does_not_start_the_jax_backend():
+    """XLA flags are set in `main` at process start; an import that starts JAX's backend earlier
+    (e.g. blackjax at module level) would silently drop them (the engine then runs 2-3x slower)."""
+    code = ("import dlnlab.cli\n"
+            "from jax._src import xla_bridge\n"
+            "raise SystemExit(1 if xla_bridge._backends else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_main_sets_the_xla_cpu_flag_unless_the_user_did(monkeypatch):
+    import os
+
+    from dlnlab import cli
+
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    cli._set_xla_flags()
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type="
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=all --foo")
+    cli._set_xla_flags()
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=all --foo"

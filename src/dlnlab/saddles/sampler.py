@@ -28,7 +28,6 @@ import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
-import blackjax
 import jax
 import jax.numpy as jnp
 
@@ -91,6 +90,10 @@ def sgld_step(key, state: SamplerState, sigma: Array, prior: Prior, step_size,
     def grad_log_density(position, _minibatch):
         return jax.grad(lambda z: -constraint_energy(z, sigma)
                         - temperature * negative_log_prior(z, prior))(position)
+
+    # Imported here: importing blackjax starts JAX's backend, after which the XLA flags that the
+    # CLI sets at process start would be ignored.
+    import blackjax
 
     kernel = blackjax.sgld(grad_log_density)
     position = kernel.step(key, state.position, None, step_size, temperature)
