@@ -233,7 +233,9 @@ def test_main_sets_the_xla_cpu_flag_unless_the_user_did(monkeypatch):
 
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     cli._set_xla_flags()
-    assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type="
-    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=all --foo")
+    assert os.environ["XLA_FLAGS"] == ("--xla_cpu_experimental_ynn_fusion_type= "
+                                       f"--xla_force_host_platform_device_count={os.cpu_count()}")
+    mine = "--xla_cpu_experimental_ynn_fusion_type=all --xla_force_host_platform_device_count=1"
+    monkeypatch.setenv("XLA_FLAGS", mine)
     cli._set_xla_flags()
-    assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=all --foo"
+    assert os.environ["XLA_FLAGS"] == mine

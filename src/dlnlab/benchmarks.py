@@ -48,28 +48,30 @@ def _median_rate(fn, work: float, min_seconds: float, repeats: int = 3) -> float
 
 
 def _engine_rate(stepper, weights, hp, runs: int, steps: int, min_seconds: float):
-    """Compile time and run-steps/s of the engine's compiled advance (no recording)."""
+    """Compile time and run-steps/s of the engine's compiled advance (no recording), with the
+    layout ``simulate`` uses (run groups of 128 spread over the host devices)."""
     from .dynamics import _ops as ops
-    from .engine.simulate import _advance_jit, _broadcast_hparams, run_keys
+    from .engine.simulate import _advance_parallel, _broadcast_hparams, _layout, run_keys
 
     dtype = weights[0].dtype
-    batched = tuple(jnp.broadcast_to(w[..., None], w.shape + (runs,)) + 0 for w in weights)
+    group, devices, padded = _layout(runs, None, True)
+    batched = tuple(jnp.broadcast_to(w[..., None], w.shape + (padded,)) + 0 for w in weights)
     state = stepper.init(batched)
-    diverged = jnp.full((runs,), -1, jnp.int32)
-    words = ops.key_words(run_keys(jax.random.key(3), runs))
-    hp = _broadcast_hparams(hp, runs, dtype)
+    diverged = jnp.full((padded,), -1, jnp.int32)
+    words = ops.key_words(run_keys(jax.random.key(3), padded))
+    hp = _broadcast_hparams(hp, padded, dtype)
     threshold = jnp.asarray(1e8, dtype)
-    group = min(128, runs)
-    t0 = time.perf_counter()
-    compiled = _advance_jit.lower(stepper, state, diverged, words, hp, jnp.int32(steps),
-                                  block_steps=64, run_group=group, threshold=threshold).compile()
-    compile_s = time.perf_counter() - t0
 
-    def call():
-        jax.block_until_ready(compiled(stepper, state, diverged, words, hp, jnp.int32(steps),
-                                       threshold=threshold))
-    call()
-    return compile_s, _median_rate(call, runs * steps, min_seconds)
+    def call(n):
+        out = _advance_parallel(stepper, state, diverged, words, hp, jnp.int32(n), block_steps=64,
+                                run_group=group, num_devices=devices, threshold=threshold)
+        jax.block_until_ready(out)
+
+    t0 = time.perf_counter()
+    call(1)                                   # compiles (one step of run time is negligible)
+    compile_s = time.perf_counter() - t0
+    call(steps)
+    return compile_s, _median_rate(lambda: call(steps), padded * steps, min_seconds)
 
 
 # ------------------------------------------------------------------------------ baselines

@@ -136,6 +136,60 @@ def _advance(stepper, state, diverged, words, hparams, num_steps, block_steps, r
 _advance_jit = jax.jit(_advance, static_argnames=("block_steps", "run_group"))
 
 
+def _advance_on_device(stepper, weights, extra, diverged, words, hparams, step, num_steps,
+                       threshold, block_steps, run_group):
+    st, div = _advance(stepper, State(weights, step, extra), diverged, words, hparams, num_steps,
+                       block_steps, run_group, threshold)
+    return st.weights, st.extra, div
+
+
+# Host devices as parallel workers: each advances its share of the run groups on one core.
+_advance_pmap = jax.pmap(_advance_on_device, in_axes=(None, 0, 0, 0, 0, 0, None, None, None),
+                         static_broadcasted_argnums=(9, 10))
+
+
+def _advance_parallel(stepper, state, diverged, words, hparams, num_steps, *, block_steps,
+                      run_group, threshold, num_devices):
+    """``_advance`` with the runs split over ``num_devices`` host devices (CPU cores); the
+    counter-based randomness makes the result identical to one device."""
+    if num_devices == 1:
+        return _advance_jit(stepper, state, diverged, words, hparams, num_steps,
+                            block_steps=block_steps, run_group=run_group, threshold=threshold)
+    runs = diverged.shape[0]
+    share = runs // num_devices
+
+    def split(x):
+        # Through host memory: pmap reshards uncommitted (NumPy) inputs, not committed arrays.
+        x = np.asarray(x)
+        return np.moveaxis(x.reshape(x.shape[:-1] + (num_devices, share)), -2, 0)
+
+    def merge(x):
+        x = np.asarray(x)
+        return jnp.asarray(np.moveaxis(x, 0, -2).reshape(x.shape[1:-1] + (runs,)))
+
+    weights, extra, div, wd, hp = jax.tree_util.tree_map(
+        split, (state.weights, state.extra, diverged, words, hparams))
+    weights, extra, div = _advance_pmap(stepper, weights, extra, div, wd, hp, state.step,
+                                        num_steps, threshold, block_steps, run_group)
+    weights, extra, div = jax.tree_util.tree_map(merge, (weights, extra, div))
+    return State(weights, state.step + num_steps, extra), div
+
+
+def _layout(num_runs: int, run_group: int | None, parallel: bool) -> tuple[int, int, int]:
+    """``(run_group, num_devices, padded_runs)``. On CPU: groups of 128 runs (cache blocking)
+    spread over the host devices; elsewhere (GPU) all runs at once on one device."""
+    cpu = jax.default_backend() == "cpu"
+    if run_group is None:
+        run_group = 128 if cpu else num_runs
+    run_group = v.positive_int("run_group", run_group)
+    if num_runs <= run_group:
+        return num_runs, 1, num_runs
+    devices = jax.local_device_count() if (cpu and parallel) else 1
+    devices = max(1, min(devices, num_runs // run_group))
+    unit = run_group * devices
+    return run_group, devices, -(-num_runs // unit) * unit
+
+
 def _observe(stepper, state, hparams, replacement, coupled):
     """Observables of every run: arrays with a leading run axis."""
     task = stepper.task
@@ -193,7 +247,7 @@ def _load_checkpoint(path: Path, fingerprint, state, records):
 
 def simulate(stepper: Stepper, weights, hparams: Hyperparameters, key, record_steps, *,
              run_offset: int = 0, observables: bool = True, block_steps: int = 64,
-             run_group: int = 128,
+             run_group: int | None = None, parallel: bool = True,
              chunk_steps: int = 1 << 14, divergence_threshold: float = DEFAULT_DIVERGENCE_THRESHOLD,
              replacement: bool = True, coupled: bool = True,
              progress: Callable[[int, int], None] | None = None,
@@ -213,8 +267,12 @@ def simulate(stepper: Stepper, weights, hparams: Hyperparameters, key, record_st
         last one is the horizon.
       observables: record every observable (else only ``loss``).
       block_steps: steps per pre-drawn noise block (static; results do not depend on it).
-      run_group: runs advanced together (cache blocking; results do not depend on it). The
-        runs are padded to a multiple of it with copies of the last run, dropped at the end.
+      run_group: runs advanced together (cache blocking; results do not depend on it); default
+        128 on CPU, all runs elsewhere. The runs are padded to a multiple of the groups with
+        copies of the last run, dropped at the end.
+      parallel: on CPU, split the run groups over the host devices (start the process with
+        ``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>``; the ``dlnlab`` command
+        does); results do not depend on it.
       chunk_steps: most steps per dispatch (progress / checkpoint granularity).
       divergence_threshold: a run whose loss is non-finite or above this is labelled diverged
         at that step; the others are unaffected.
@@ -242,11 +300,10 @@ def simulate(stepper: Stepper, weights, hparams: Hyperparameters, key, record_st
         v.fail("record_steps", int(steps[-1]), "must be below 2^31 - 1")
     block_steps = v.positive_int("block_steps", block_steps)
     chunk_steps = v.positive_int("chunk_steps", chunk_steps)
-    run_group = v.positive_int("run_group", run_group)
+    run_group, num_devices, padded = _layout(num_runs, run_group, parallel)
     stepper = _with_dtype(stepper, dtype)
     switches = [(at, _with_dtype(st, dtype), hps) for at, st, hps in switches]
     hp = _broadcast_hparams(hparams, num_runs, dtype)
-    padded = num_runs if num_runs <= run_group else -(-num_runs // run_group) * run_group
     phases = [(0, stepper, hp)]
     for at, st, hps in switches:
         at = int(at)
@@ -289,9 +346,9 @@ def simulate(stepper: Stepper, weights, hparams: Hyperparameters, key, record_st
             if phase + 1 < len(phases):
                 n = min(n, phases[phase + 1][0] - position)
             t0 = time.perf_counter()
-            state, diverged = pad.unpad(_advance_jit(
+            state, diverged = pad.unpad(_advance_parallel(
                 active, *pad.pad((state, diverged, words, active_hp)), jnp.int32(n),
-                block_steps=block_steps, run_group=min(run_group, padded),
+                block_steps=block_steps, run_group=run_group, num_devices=num_devices,
                 threshold=jnp.asarray(divergence_threshold, dtype)))
             jax.block_until_ready(diverged)
             elapsed = time.perf_counter() - t0
