@@ -210,3 +210,16 @@ def test_bench_json_schema(capsys, monkeypatch):
     sgd = results[0]
     assert sgd["ratio"] == pytest.approx(sgd["run_steps_per_s"] / sgd["baseline_run_steps_per_s"])
     assert jax.numpy.isfinite(results[2]["peak_rss_mb"])
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_every_example_runs(path):
+    """Each example in its smallest form: runs, horizon and record points cut, the rest as given
+    (batch_switch keeps its switch by scaling the horizon past it)."""
+    config = load_config(path)
+    horizon = 0.2 if not config.training.schedule else config.training.schedule[-1].time + 0.1
+    config = load_config(path, ["runs=2", f"training.horizon={horizon}", "record.points=3"])
+    data = run_experiment(config)
+    assert list(data.method.values) == config.methods
+    assert np.all(np.isfinite(data.loss.values))
+    assert set(np.unique(data.status.values)) == {"ok"}
