@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 
 import dlnlab  # noqa: E402
 from dlnlab import saddles  # noqa: E402
+from dlnlab.benchmarks import device_description, load_average  # noqa: E402
 
 DEPTH = 4
 WIDTH = 100
@@ -47,21 +48,6 @@ SUBSET = (0, 1, 2)
 ZERO_LAYERS = (1, 3)
 NUM_BLOCKS = 40
 BLOCK_SIZE = 8
-
-
-def device_description() -> str:
-    dev = jax.devices()[0]
-    text = f"{dev.platform}: {dev.device_kind}"
-    if dev.platform == "cpu":
-        text += f" ({os.cpu_count()} host cores)"
-    return text
-
-
-def load_average() -> str:
-    try:
-        return "/".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 def make_point(width: int):

@@ -49,6 +49,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import dlnlab  # noqa: E402
+from dlnlab.benchmarks import device_description, load_average  # noqa: E402
 
 DEPTH = 4
 LARGE_WIDTH = 256
@@ -60,21 +61,6 @@ GAMMA = 1.0
 # A backward-stable eigh gives ~ P * u * ||Sigma|| at worst (P = 576, u = 6e-8: ~3.5e-5); an
 # error beyond 1e-4 means the float32 factorisation is not a faithful baseline.
 DENSE_F32_TOLERANCE = 1e-4
-
-
-def device_description() -> str:
-    dev = jax.devices()[0]
-    text = f"{dev.platform}: {dev.device_kind}"
-    if dev.platform == "cpu":
-        text += f" ({os.cpu_count()} host cores)"
-    return text
-
-
-def load_average() -> str:
-    try:
-        return "/".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:  # not available on every platform
-        return "n/a"
 
 
 def make_problem(width: int, dtype, seed: int = 0):

@@ -8,6 +8,7 @@ the median of repetitions of at least ``min_seconds`` each. Run-steps/s = runs x
 
 from __future__ import annotations
 
+import os
 import platform
 import resource
 import time
@@ -19,10 +20,21 @@ import numpy as np
 DEPTH, WIDTH, RUNS = 4, 12, 1024
 
 
-def _device() -> str:
+def device_description() -> str:
+    """The device benchmarks ran on, e.g. ``cpu: cpu (x86_64, 2 host cores, 2 device(s))``."""
     d = jax.devices()[0]
-    kind = getattr(d, "device_kind", "")
-    return f"{d.platform}:{kind} ({platform.machine()}, {jax.device_count()} device(s))"
+    text = f"{d.platform}: {getattr(d, 'device_kind', '')} ({platform.machine()}"
+    if d.platform == "cpu":
+        text += f", {os.cpu_count()} host cores"
+    return text + f", {jax.device_count()} device(s))"
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages (these machines are shared: read timings with them)."""
+    try:
+        return "/".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:  # not available on every platform
+        return "n/a"
 
 
 def _problem(dtype=jnp.float32):
@@ -151,7 +163,7 @@ def run_benchmarks(quick: bool = False, progress: bool = True, *, runs: int = RU
 
     if min_seconds is None:
         min_seconds = 1.0 if quick else 2.0
-    device = _device()
+    device = device_description()
     task, weights = _problem()
     lr, h = 0.01, 0.001
     results = []
