@@ -124,7 +124,7 @@ class Stepper:
     name = "stepper"
     uses_step_size = False
 
-    def init(self, weights, num_runs_shape=None) -> State:
+    def init(self, weights) -> State:
         """Initial :class:`State` from weights ``(d_l, d_{l-1}, *R)``."""
         weights = tuple(jnp.asarray(w) for w in weights)
         return State(weights, jnp.zeros((), jnp.int32), self._init_extra(weights))
@@ -473,7 +473,7 @@ class ReducedSDE(Stepper):
             v.fail("task.data", "a data set", "the reduced SDE models online SGD")
         _ = self.task.label_noise_std  # raises (one line) for anisotropic label noise
 
-    def init(self, amplitudes, num_runs_shape=None) -> State:
+    def init(self, amplitudes) -> State:
         if isinstance(amplitudes, tuple | list):
             (amplitudes,) = amplitudes
         return State((jnp.asarray(amplitudes),), jnp.zeros((), jnp.int32), None)

@@ -315,7 +315,7 @@ def simulate(stepper: Stepper, weights, hparams: Hyperparameters, key, record_st
         phases.append((at, st, hps))
     keys = run_keys(key, num_runs, run_offset)
     words = ops.key_words(keys)                                           # (2, R)
-    state = stepper.init(tuple(jnp.moveaxis(w, 0, -1) for w in weights))
+    state = initial_state(stepper, weights)
     diverged = jnp.full((num_runs,), -1, jnp.int32)
     pad = _padder(num_runs, padded)
 

@@ -39,7 +39,7 @@ from ..engine import run_keys, simulate, steps_for_times
 from ..theory.gradient_flow import gradient_flow_curve
 from ..theory.peak import diffusion_peak
 from ..theory.stationary import stationary_moments
-from .config import ExperimentConfig
+from .config import ExperimentConfig, config_to_toml
 
 METHOD_LABELS = {
     "gd": "GD",
@@ -253,7 +253,7 @@ def run_experiment(config: ExperimentConfig, *, progress_factory=None, checkpoin
     data.attrs.update(learning_rate=config.training.learning_rate,
                       batch_size=config.training.batch_size, label_noise=config.task.label_noise,
                       depth=config.task.depth)
-    data.attrs["config_toml"] = __import__("dlnlab.experiments.config", fromlist=["x"]).config_to_toml(config)
+    data.attrs["config_toml"] = config_to_toml(config)
     data.attrs["timings_seconds"] = ", ".join(f"{m}={t:.2f}" for m, t in timings.items())
     data.attrs["time_units"] = "t = step * learning rate (step * h for the SDEs)"
     return data
