@@ -106,8 +106,11 @@ def test_run_directory_is_complete_and_self_consistent(tiny_run):
     a0 = ds.amplitude.isel(time=0)
     for m in ("sgd", "sde", "isotropic"):
         np.testing.assert_array_equal(a0.sel({"method": m}).values, a0.sel({"method": "gd"}).values)
+    # float32 amplitudes from two reduction orders: |error| <= d_in d_out eps ||W(0)||_F.
+    norm = np.sqrt((ds.singular_value.isel(time=0).sel({"method": "gd"}).values ** 2).sum(-1))
+    atol = 144 * np.finfo(np.float32).eps * norm.max()
     np.testing.assert_allclose(a0.sel({"method": "reduced"}).values,
-                               np.abs(a0.sel({"method": "gd"}).values), rtol=1e-6)
+                               np.abs(a0.sel({"method": "gd"}).values), rtol=0, atol=atol)
     # The resolved config reruns to the same config.
     assert load_config(tiny_run / "config.toml") == load_config(None, TINY)
     assert "jax_version" in ds.attrs and ds.attrs["seed"] == 0
