@@ -69,15 +69,6 @@ def mT(a: Array) -> Array:
     return jnp.swapaxes(a, 0, 1)
 
 
-def frobenius_sq(a: Array) -> Array:
-    """``||a||_F^2`` per run: sums the first two axes."""
-    return jnp.sum(a * a, axis=(0, 1))
-
-
-def identity_like(size: int, like: Array) -> Array:
-    return jnp.eye(size, dtype=like.dtype)
-
-
 def run_shape(key_words: Array) -> tuple[int, ...]:
     """The trailing run shape ``R`` of key words of shape ``(2, *R)``."""
     return tuple(key_words.shape[1:])
