@@ -124,6 +124,25 @@ def run(
 
 
 @app.command()
+def reproduce(
+    names: Annotated[list[str], typer.Argument(
+        help="Figures to reproduce (fig1 fig2 fig3 fig4 fig6 fig7 fig8 fig9 fig10 appJ3 fig11 "
+             "appK) or 'all'.")],
+    quick: Annotated[bool, typer.Option(
+        "--quick", help="Fewer runs: every figure in minutes (all: under 10 min on 2 cores).")] = False,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Output folder (default: reproduction or reproduction-quick).")] = None,
+    fresh: Annotated[bool, typer.Option(
+        "--fresh", help="Recompute experiments even when a cached dataset matches.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars or tables.")] = False,
+) -> None:
+    """Reproduce the paper's figures and claims: PNG/PDF, dataset, numbers, claims.md."""
+    from .reproduce import reproduce as run_reproduce
+
+    run_reproduce(names, quick=quick, out=out, fresh=fresh, quiet=quiet)
+
+
+@app.command()
 def bench(
     quick: bool = typer.Option(False, "--quick", help="Fewer runs and steps (about a minute)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list of results."),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
@@ -245,8 +245,20 @@ def _load_checkpoint(path: Path, fingerprint, state, records):
                 int(data["position"]), int(data["index"]))
 
 
+def _observable_names(observables) -> list[str]:
+    if observables is True:
+        return list(OBSERVABLE_DIMS)
+    if observables is False:
+        return ["loss"]
+    asked = [str(k) for k in observables]
+    unknown = [k for k in asked if k not in OBSERVABLE_DIMS]
+    if unknown:
+        v.fail("observables", unknown[0], f"must be one of {', '.join(OBSERVABLE_DIMS)}")
+    return [k for k in OBSERVABLE_DIMS if k == "loss" or k in asked]
+
+
 def simulate(stepper: Stepper, weights, hparams: Hyperparameters, key, record_steps, *,
-             run_offset: int = 0, observables: bool = True, block_steps: int = 64,
+             run_offset: int = 0, observables: bool | Sequence[str] = True, block_steps: int = 64,
              run_group: int | None = None, parallel: bool = True,
              chunk_steps: int = 1 << 14, divergence_threshold: float = DEFAULT_DIVERGENCE_THRESHOLD,
              replacement: bool = True, coupled: bool = True,
@@ -265,7 +277,8 @@ def simulate(stepper: Stepper, weights, hparams: Hyperparameters, key, record_st
         every method, so paired methods share e.g. SGD samples where their draws coincide).
       record_steps: sorted step indices to record (:func:`~dlnlab.engine.record_steps`); the
         last one is the horizon.
-      observables: record every observable (else only ``loss``).
+      observables: ``True``: record every observable; ``False``: only ``loss``; a list of names
+        (keys of :data:`~dlnlab.engine.observables.OBSERVABLE_DIMS`): those (``loss`` always).
       block_steps: steps per pre-drawn noise block (static; results do not depend on it).
       run_group: runs advanced together (cache blocking; results do not depend on it); default
         128 on CPU, all runs elsewhere. The runs are padded to a multiple of the groups with
@@ -321,11 +334,11 @@ def simulate(stepper: Stepper, weights, hparams: Hyperparameters, key, record_st
 
     # Shapes of the records from one abstract evaluation of the observer.
     shapes = jax.eval_shape(lambda s: _observe(stepper, s, hp, replacement, coupled), state)
-    names = list(OBSERVABLE_DIMS) if observables else ["loss"]
+    names = _observable_names(observables)
     records = {k: np.full((num_runs, steps.size) + shapes[k].shape[1:], np.nan,
                           dtype=np.dtype(shapes[k].dtype)) for k in names}
     fingerprint = _fingerprint(phases, weights, hp, words, steps, divergence_threshold,
-                               (observables, replacement, coupled, str(dtype)))
+                               (tuple(names), replacement, coupled, str(dtype)))
     ckpt = Path(checkpoint) if checkpoint is not None else None
     position, index = 0, 0
     if ckpt is not None and ckpt.exists():

@@ -64,8 +64,10 @@ class TaskConfig(_Model):
 
 
 class InitConfig(_Model):
-    kind: Literal["gaussian", "balanced"] = "gaussian"
+    kind: Literal["gaussian", "balanced", "aligned"] = "gaussian"
     gamma: float = Field(2.0, description="entries ~ N(0, fan_in^-gamma) (gamma = 2: variance d^-2)")
+    amplitude: float = Field(0.002, gt=0.0, description="aligned: every mode's initial amplitude "
+                             "a0 (aligned, balanced, Haar-random hidden bases per run)")
 
 
 class SwitchConfig(_Model):
@@ -117,9 +119,28 @@ class ReducedConfig(_Model):
     step_size: float | None = Field(None, gt=0.0)
 
 
+class GradientFlowConfig(_Model):
+    step_size: float | None = Field(None, gt=0.0, description="RK4 step; default the learning rate")
+
+
 class RecordConfig(_Model):
     points: int = Field(200, ge=2)
     spacing: Literal["linear", "log"] = "linear"
+    variables: list[str] | None = Field(None, description="observables to record (default: all)")
+
+    @field_validator("variables")
+    @classmethod
+    def _variables(cls, value):
+        if value is None:
+            return value
+        from ..engine.observables import OBSERVABLE_DIMS
+
+        for name in value:
+            if name not in OBSERVABLE_DIMS:
+                raise ValueError(f"unknown observable {name!r}; one of {', '.join(OBSERVABLE_DIMS)}")
+        if "amplitude" not in value or "diffusion" not in value:
+            raise ValueError("must include 'amplitude' and 'diffusion' (the summary needs them)")
+        return value
 
 
 class ExperimentConfig(_Model):
@@ -135,6 +156,7 @@ class ExperimentConfig(_Model):
     sde: SDEConfig = Field(default_factory=SDEConfig)
     isotropic: IsotropicConfig = Field(default_factory=IsotropicConfig)
     reduced: ReducedConfig = Field(default_factory=ReducedConfig)
+    gf: GradientFlowConfig = Field(default_factory=GradientFlowConfig)
     record: RecordConfig = Field(default_factory=RecordConfig)
     divergence_threshold: float = Field(1e8, gt=0.0)
 
@@ -157,7 +179,7 @@ class ExperimentConfig(_Model):
                 raise ValueError("training.batch_size: must be <= task.num_samples without "
                                  "replacement")
         lr = self.training.learning_rate
-        for section in ("sde", "isotropic", "reduced"):
+        for section in ("sde", "isotropic", "reduced", "gf"):
             h = getattr(self, section).step_size
             if h is not None and abs(lr / h - round(lr / h)) > 1e-9 * lr / h:
                 raise ValueError(f"{section}.step_size: must divide the learning rate {lr} "
@@ -169,8 +191,9 @@ class ExperimentConfig(_Model):
         lr = self.training.learning_rate
         if method in ("gd", "sgd"):
             return lr
-        section = {"sde": self.sde, "isotropic": self.isotropic, "reduced": self.reduced,
-                   "gf": self.sde}[method]
+        if method == "gf":   # RK4: the learning rate is already accurate to ~(4 s h)^4
+            return self.gf.step_size if self.gf.step_size is not None else lr
+        section = {"sde": self.sde, "isotropic": self.isotropic, "reduced": self.reduced}[method]
         return section.step_size if section.step_size is not None else lr / 10
 
 

@@ -24,7 +24,7 @@ from .. import __version__
 from ..core import modes as core_modes
 from ..core.noise import noise_trace
 from ..core.task import Task
-from ..core.weights import init_balanced, init_gaussian
+from ..core.weights import init_aligned, init_balanced, init_gaussian
 from ..dynamics import (
     AnisotropicLangevin,
     GradientDescent,
@@ -65,13 +65,25 @@ def build_task(config: ExperimentConfig) -> Task:
     return task
 
 
-def initial_weights(config: ExperimentConfig, num_runs: int | None = None):
-    """Per-run initial weights: tuple of ``(runs, d_l, d_{l-1})``; run i from ``fold_in(key, i)``."""
+def initial_weights(config: ExperimentConfig, num_runs: int | None = None, task: Task | None = None):
+    """Per-run initial weights: tuple of ``(runs, d_l, d_{l-1})``; run i from ``fold_in(key, i)``.
+
+    ``aligned``: every mode (teacher modes and the zero modes beyond its rank) at amplitude
+    ``init.amplitude``, balanced, with Haar-random hidden bases per run (THEORY §6's manifold).
+    """
     num_runs = config.runs if num_runs is None else num_runs
     keys = run_keys(jax.random.fold_in(jax.random.key(config.seed), _INIT), num_runs)
-    init = init_gaussian if config.init.kind == "gaussian" else init_balanced
     dtype = jnp.dtype(config.dtype)
-    return jax.vmap(lambda k: init(k, config.task.widths, config.init.gamma, dtype=dtype))(keys)
+    if config.init.kind == "aligned":
+        task = build_task(config) if task is None else task
+        amps = np.full(task.num_modes, config.init.amplitude)
+        runs = [init_aligned(task, amps, config.task.widths, key=k, dtype=dtype) for k in keys]
+        return tuple(jnp.stack(layer) for layer in zip(*runs, strict=True))
+    if config.init.kind == "balanced":   # a host-side factorisation (SVD), one run at a time
+        runs = [init_balanced(k, config.task.widths, config.init.gamma, dtype=dtype) for k in keys]
+        return tuple(jnp.stack(layer) for layer in zip(*runs, strict=True))
+    return jax.vmap(lambda k: init_gaussian(k, config.task.widths, config.init.gamma,
+                                            dtype=dtype))(keys)
 
 
 def record_times(config: ExperimentConfig) -> np.ndarray:
@@ -136,7 +148,9 @@ def run_method(config: ExperimentConfig, method: str, task: Task, weights, times
                   jax.random.fold_in(jax.random.key(config.seed), _NOISE), steps,
                   divergence_threshold=config.divergence_threshold,
                   replacement=training.replacement, coupled=config.reduced.coupled,
-                  progress=progress, checkpoint=checkpoint, switches=switches)
+                  progress=progress, checkpoint=checkpoint, switches=switches,
+                  observables=(True if config.record.variables is None
+                               else list(config.record.variables)))
     ds = ds.assign_coords(time=np.asarray(times, dtype=np.float64))
     return ds.reset_coords("step")
 
@@ -214,7 +228,7 @@ def run_experiment(config: ExperimentConfig, *, progress_factory=None, checkpoin
         raise ValueError("dtype='float64': enable x64 first (jax.config.update('jax_enable_x64', True)); "
                          "the dlnlab CLI does it")
     task = build_task(config)
-    weights = initial_weights(config)
+    weights = initial_weights(config, task=task)
     times = record_times(config)
     temperature = 0.0
     if "isotropic" in config.methods:
