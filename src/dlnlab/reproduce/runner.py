@@ -77,7 +77,7 @@ def markdown_table(rows: list[dict]) -> str:
         keys += [k for k in row if k not in keys]
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(k)) for k in keys) + " |")
+        lines.append("| " + " | ".join(_cell(row.get(k)).replace("|", "\\|") for k in keys) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -218,9 +218,9 @@ def report_markdown(out: Path, image_root: str = "") -> str:
         parts.append(f"## {name}: {meta['title']} ({meta['paper']})\n")
         parts.append(f"![{name}]({image_root}{name}/{name}.png)\n")
         runs = ", ".join(f"{e['name']} ×{e['runs']} runs" for e in meta["experiments"])
-        parts.append(f"`{meta['command']}` — run time {meta['wall_seconds']:.0f} s in `reproduce "
-                     f"all` (its experiments' simulation: {meta['simulation_seconds']:.0f} s; "
-                     f"experiments shared with earlier figures are reused). Experiments: {runs}. "
+        parts.append(f"`{meta['command']}` — run time: {meta['simulation_seconds']:.0f} s of "
+                     "simulation (an experiment shared between figures counts for each; a rerun "
+                     f"reuses it and only redraws). Experiments: {runs}. "
                      f"Numbers: `{name}/numbers.md`; dataset: `{name}/{name}.nc`.\n")
         for c in claims:
             parts.append(f"- **{c['verdict']}** — {c['claim']} {c['measured']}.\n")
