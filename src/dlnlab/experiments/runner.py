@@ -15,9 +15,10 @@ from .config import config_to_toml, load_config
 from .run import run_experiment, summarise
 
 
-def _progress_factory(progress):
+def progress_factory(progress, label: str = ""):
+    """``factory(method, total) -> update(done, total)``: one rich progress bar per method."""
     def factory(method, total):
-        task = progress.add_task(f"{method:>9}", total=total)
+        task = progress.add_task(f"{label}:{method}" if label else f"{method:>9}", total=total)
 
         def update(done, _total):
             progress.update(task, completed=done)
@@ -73,7 +74,7 @@ def run_to_directory(config_path=None, overrides=None, out=None, *, quiet: bool 
                TextColumn("{task.completed}/{task.total} steps"), TimeElapsedColumn(),
                TimeRemainingColumn())
     with Progress(*columns, console=console, disable=quiet) as progress:
-        data = run_experiment(config, progress_factory=None if quiet else _progress_factory(progress),
+        data = run_experiment(config, progress_factory=None if quiet else progress_factory(progress),
                               checkpoint_dir=work / "checkpoints", partial_dir=work)
     summary = summarise(data)
     summary["config"] = config.model_dump(mode="json")

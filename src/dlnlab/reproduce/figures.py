@@ -140,14 +140,21 @@ def _diffusion_vs_relative_time(ax, ds, title):
     ax.legend(fontsize=7, loc="upper left")
 
 
-def fig1(ds: xr.Dataset):
+def _time_and_amplitude(ds, left, title, suptitle):
+    """Two panels: ``left(ax, ds, title)`` (diffusion over time) and D against a/s."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.3))
-    _diffusion_vs_time(axes[0], ds, f"SGD from an aligned, balanced init ({ds.sizes['run']} runs)")
+    left(axes[0], ds, title)
     _diffusion_vs_amplitude(axes[1], ds)
     axes[1].set_title("against the normalised amplitude (thin: runs)")
-    fig.suptitle("Fig. 1 — exact modewise diffusion of SGD vs the aligned-balanced formula")
+    fig.suptitle(suptitle)
     fig.tight_layout()
     return fig
+
+
+def fig1(ds: xr.Dataset):
+    return _time_and_amplitude(
+        ds, _diffusion_vs_time, f"SGD from an aligned, balanced init ({ds.sizes['run']} runs)",
+        "Fig. 1 — exact modewise diffusion of SGD vs the aligned-balanced formula")
 
 
 def fig2(ds: xr.Dataset):
@@ -357,13 +364,9 @@ def finite(ds: xr.Dataset):
 
 
 def fig11(ds: xr.Dataset):
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.3))
-    _diffusion_vs_relative_time(axes[0], ds, f"SGD, hidden width 24 ({ds.sizes['run']} runs)")
-    _diffusion_vs_amplitude(axes[1], ds)
-    axes[1].set_title("against the normalised amplitude (thin: runs)")
-    fig.suptitle("Fig. 11 — hidden width 24 (inputs and outputs 12)")
-    fig.tight_layout()
-    return fig
+    return _time_and_amplitude(
+        ds, _diffusion_vs_relative_time, f"SGD, hidden width 24 ({ds.sizes['run']} runs)",
+        "Fig. 11 — hidden width 24 (inputs and outputs 12)")
 
 
 def appK(ds: xr.Dataset):  # noqa: N802 (the paper's appendix name)

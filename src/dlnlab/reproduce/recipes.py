@@ -144,6 +144,14 @@ def _peak_rows(ds: xr.Dataset, label: str) -> list[dict]:
     return rows
 
 
+def _peak_rows_with_deviation(ds: xr.Dataset, label: str) -> list[dict]:
+    """:func:`_peak_rows` plus the median relative deviation from the formula in transit."""
+    rows = _peak_rows(ds, label)
+    for r, dv in zip(rows, _transit_deviation(ds).values, strict=True):
+        r["transit_relative_deviation_median"] = float(dv)
+    return rows
+
+
 def _peak_claims(rows: list[dict], figure: str, init: str) -> list[dict]:
     fractions = [r["peak_before_90_fraction"] for r in rows]
     parts = "; ".join(f"{r['method']} mode {r['mode']}: {r['peak_before_90_fraction']:.0%} of "
@@ -226,12 +234,10 @@ def _fig1_analyse(data):
 
 
 def _fig1_numbers(ds):
-    rows = _peak_rows(ds, "SGD")
-    dev = _transit_deviation(ds).values
-    for r, dv, fmax in zip(rows, dev, ds.formula_diffusion.max("normalised_amplitude").values,
-                           strict=True):
+    rows = _peak_rows_with_deviation(ds, "SGD")
+    for r, fmax in zip(rows, ds.formula_diffusion.max("normalised_amplitude").values,
+                       strict=True):
         r["formula_max_diffusion"] = float(fmax)
-        r["transit_relative_deviation_median"] = float(dv)
     return rows
 
 
@@ -382,11 +388,7 @@ def _fig3_analyse(data):
 def _fig3_numbers(ds):
     rows = []
     for m in ds.method.values:
-        d = _method(ds, str(m))
-        part = _peak_rows(d, str(m))
-        for r, dv in zip(part, _transit_deviation(d).values, strict=True):
-            r["transit_relative_deviation_median"] = float(dv)
-        rows += part
+        rows += _peak_rows_with_deviation(_method(ds, str(m)), str(m))
     return rows
 
 
@@ -754,10 +756,7 @@ def _width_analyse(data):
 
 
 def _width_numbers(ds):
-    rows = _peak_rows(ds, "SGD, width 24")
-    for r, dv in zip(rows, _transit_deviation(ds).values, strict=True):
-        r["transit_relative_deviation_median"] = float(dv)
-    return rows
+    return _peak_rows_with_deviation(ds, "SGD, width 24")
 
 
 def _width_claims(ds):

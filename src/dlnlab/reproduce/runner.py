@@ -108,16 +108,6 @@ def _save_figure(fig, folder: Path, name: str) -> None:
     plt.close(fig)
 
 
-def _progress_factory(progress, label):
-    def factory(method, total):
-        task = progress.add_task(f"{label}:{method}", total=total)
-
-        def update(done, _total):
-            progress.update(task, completed=done)
-        return update
-    return factory
-
-
 def reproduce(names="all", *, quick: bool = False, out=None, fresh: bool = False,
               quiet: bool = False) -> dict:
     """Reproduce figures of the paper into ``out`` (default ``reproduction`` or
@@ -125,6 +115,7 @@ def reproduce(names="all", *, quick: bool = False, out=None, fresh: bool = False
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from ..experiments.runner import progress_factory
     from ..io.rundir import atomic_write_dataset, atomic_write_text
 
     names = resolve_names(names)
@@ -146,8 +137,8 @@ def reproduce(names="all", *, quick: bool = False, out=None, fresh: bool = False
                 again = fresh and digest not in recomputed
                 ds, cached = cached_experiment(
                     config, data_dir, fresh=again,
-                    progress_factory=None if quiet else _progress_factory(progress,
-                                                                         f"{name}:{key}"))
+                    progress_factory=None if quiet else progress_factory(progress,
+                                                                        f"{name}:{key}"))
                 recomputed.add(digest)
                 datasets[key] = ds
                 seconds = sum(float(part.split("=")[1]) for part in
