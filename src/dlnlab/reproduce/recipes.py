@@ -78,8 +78,7 @@ def _formula_grid(spectrum, depth, learning_rate, batch_size, label_noise, num=2
 
 def theory_max_diffusion(spectrum, depth, learning_rate, batch_size=1, label_noise=0.0):
     """Maximum over ``a`` in ``(0, s]`` of the reduced diffusion, per mode (fig9, fig10)."""
-    _, values = _formula_grid(spectrum, depth, learning_rate, batch_size, label_noise, 20001)
-    x = np.linspace(0.0, 1.1, 20001)
+    x, values = _formula_grid(spectrum, depth, learning_rate, batch_size, label_noise, 20001)
     return np.max(np.where(x <= 1.0, values, -np.inf), axis=-1)
 
 
