@@ -90,47 +90,34 @@ def make_task(regime: str, dtype_name: str = "float64", seed: int = 0) -> d.Task
     return task
 
 
-# name: (regime, stepper factory, hyperparameters, stochastic, reduced)
-CASES = {
-    "gd": ("white_noise", lambda t: dy.GradientDescent(t), dict(learning_rate=0.1), False),
-    "gd_offline": ("offline", lambda t: dy.GradientDescent(t), dict(learning_rate=0.1), False),
-    "gf": ("colored_noise", lambda t: dy.GradientFlow(t),
-           dict(learning_rate=0.1, step_size=0.05), False),
-    "sgd_b1": ("white", lambda t: dy.OnlineSGD(t, batch_size=1), dict(learning_rate=0.1), True),
-    "sgd_b3_noise": ("white_noise", lambda t: dy.OnlineSGD(t, batch_size=3),
-                     dict(learning_rate=0.1, batch_size=3.0), True),
-    "sgd_b1_colored_noise": ("colored_noise", lambda t: dy.OnlineSGD(t, batch_size=1),
-                             dict(learning_rate=0.1), True),
-    "sgd_b3_colored": ("colored", lambda t: dy.OnlineSGD(t, batch_size=3),
-                       dict(learning_rate=0.1, batch_size=3.0), True),
-    "offline_sgd_replacement": ("offline", lambda t: dy.OfflineSGD(t, batch_size=2),
-                                dict(learning_rate=0.1, batch_size=2.0), True),
-    "offline_sgd_epochs": ("offline", lambda t: dy.OfflineSGD(t, batch_size=2, replacement=False),
-                           dict(learning_rate=0.1, batch_size=2.0), True),
-    "sde_online": ("white_noise", lambda t: dy.AnisotropicLangevin(t),
-                   dict(learning_rate=0.1, step_size=0.05), True),
-    "sde_online_substeps4": ("white_noise", lambda t: dy.AnisotropicLangevin(t, path_substeps=4),
-                             dict(learning_rate=0.1, step_size=0.05), True),
-    "sde_colored": ("colored_noise", lambda t: dy.AnisotropicLangevin(t),
-                    dict(learning_rate=0.1, batch_size=2.0), True),
-    "sde_offline": ("offline", lambda t: dy.AnisotropicLangevin(t),
-                    dict(learning_rate=0.1, step_size=0.05), True),
-    "sde_offline_epochs_substeps4": (
-        "offline", lambda t: dy.AnisotropicLangevin(t, path_substeps=4, replacement=False),
-        dict(learning_rate=0.1, batch_size=2.0, step_size=0.05), True),
-    "isotropic": ("white_noise", lambda t: dy.IsotropicLangevin(t, widths=WIDTHS),
-                  dict(learning_rate=0.1, step_size=0.05, temperature=0.1), True),
-    "reduced_coupled": ("white_noise", lambda t: dy.ReducedSDE(t, depth=2, coupled=True),
-                        dict(learning_rate=0.1, step_size=0.05), True),
-    "reduced_decoupled": ("white_noise", lambda t: dy.ReducedSDE(t, depth=2, coupled=False),
-                          dict(learning_rate=0.1, step_size=0.05), True),
-}
+# The cases come from the method registry: every registered method brings its own
+# (``Method.conformance``), so a new method is tested here without editing this file.
+CASE_METHOD = {case.name: method for method in dy.METHODS for case in method.conformance}
+CASES = {case.name: (case.regime, case.make, case.hparams, case.stochastic)
+         for method in dy.METHODS for case in method.conformance}
+
+
+def methods_without_cases(methods) -> list[str]:
+    """Registered methods that bring no conformance case (must be none)."""
+    return [m.name for m in methods if not m.conformance]
+
+
+def test_every_registered_method_has_conformance_cases():
+    assert methods_without_cases(dy.METHODS) == []
+    assert {m.name for m in CASE_METHOD.values()} == set(dy.method_names())
+    assert len(CASES) == sum(len(m.conformance) for m in dy.METHODS)   # names are unique
+    # the check has teeth: a method registered without cases is reported
+    import dataclasses
+    broken = dataclasses.replace(dy.get_method("sgd"), name="untested", conformance=())
+    assert methods_without_cases((*dy.METHODS, broken)) == ["untested"]
+
+
 CASE_NAMES = tuple(CASES)
 DTYPES = ("float64", "float32")
 
 
 def _is_reduced(name):
-    return name.startswith("reduced")
+    return CASE_METHOD[name].state == "amplitudes"
 
 
 def make_stepper(name, dtype_name="float64", seed=0):
@@ -138,21 +125,30 @@ def make_stepper(name, dtype_name="float64", seed=0):
     return factory(make_task(regime, dtype_name, seed))
 
 
-def make_hparams(name, runs: int | None, dtype_name="float64", seed=0) -> dy.Hyperparameters:
-    """The case's hyperparameters; with ``runs``, every leaf an array of shape ``(runs,)`` with
-    different values per run (a sweep), else the values of run 0 as scalars."""
+def make_hparams(name, runs: int | None, dtype_name="float64", seed=0):
+    """The case's hyperparameters (the stepper family's type); with ``runs``, every leaf an
+    array of shape ``(runs,)`` with different values per run (a sweep), else the values of run 0
+    as scalars."""
     base = dict(CASES[name][2])
+    kind = make_stepper(name, dtype_name, seed).hyperparameters_type
     spread = np.array([1.0, 0.5, 2.0, 0.75, 1.5])[:runs or 1] * (1.0 + 0.1 * seed)
+    momentum_spread = np.array([1.0, 0.5, 0.25, 0.75, 0.1])[:runs or 1]
     dtype = np.dtype(dtype_name)
     out = {}
-    for field in dy.Hyperparameters._fields:
-        default = dy.Hyperparameters._field_defaults.get(field)
+    for field in kind._fields:
+        default = kind._field_defaults.get(field)
         if base.get(field, default) is None:
             continue
-        value = base.get(field, default) * (spread if field in ("learning_rate", "step_size",
-                                                    "temperature") else np.ones_like(spread))
+        factor = (spread if field in ("learning_rate", "step_size", "temperature") else
+                  momentum_spread if field == "momentum" else np.ones_like(spread))
+        value = base.get(field, default) * factor
         out[field] = jnp.asarray(value if runs else value[0], dtype)
-    return dy.Hyperparameters(**out)
+    return kind(**out)
+
+
+def _extras(state) -> dict:
+    """The state's typed fields beyond ``weights`` and ``step`` (permutation, velocity)."""
+    return {f: getattr(state, f) for f in state._fields if f not in ("weights", "step")}
 
 
 def make_weights(name, runs: int | None, dtype_name="float64", seed=0):
@@ -249,7 +245,7 @@ def _runs_first(tree):
     """Batched (runs-minor) results with the run axis moved to the front."""
     (state, loss) = tree                                   # loss: (2 steps, runs)
     weights = tuple(np.moveaxis(w, -1, 0) for w in state.weights)
-    extra = None if state.extra is None else np.moveaxis(state.extra, -1, 0)
+    extra = jax.tree.map(lambda x: np.moveaxis(x, -1, 0), _extras(state))
     return weights, np.moveaxis(loss, -1, 0), extra
 
 
@@ -283,8 +279,10 @@ def test_shapes_dtypes_and_step_counter(name, dtype_name):
         assert [(w.shape, w.dtype) for w in out.weights] == [(w.shape, w.dtype) for w in weights]
         assert loss.shape == (2,) + run_shape and loss.dtype == jnp.dtype(dtype_name)
         assert out.step.shape == () and out.step.dtype == jnp.int32
-        assert jax.tree.structure(out.extra) == jax.tree.structure(state.extra)
-        for new, old in zip(jax.tree.leaves(out.extra), jax.tree.leaves(state.extra), strict=True):
+        assert type(out) is type(state)
+        assert jax.tree.structure(_extras(out)) == jax.tree.structure(_extras(state))
+        for new, old in zip(jax.tree.leaves(_extras(out)), jax.tree.leaves(_extras(state)),
+                            strict=True):
             assert (new.shape, new.dtype) == (old.shape, old.dtype)
 
 
@@ -307,8 +305,7 @@ def test_vmap_equals_runs_minor_layout(name):
     weights, loss, extra = _runs_first(result["batched"])
     _assert_trees_close(weights, vm_state.weights, F64_RTOL, f"{name}: vmap vs batched weights")
     _assert_trees_close(loss, vm_loss, F64_RTOL, f"{name}: vmap vs batched loss")
-    if extra is not None:
-        np.testing.assert_array_equal(extra, vm_state.extra)
+    _assert_trees_close(extra, _extras(vm_state), F64_RTOL, f"{name}: vmap vs batched extras")
     # The runs really differ (different keys and hyperparameters): no accidental broadcasting.
     assert not np.allclose(weights[0][0], weights[0][1])
 
@@ -394,7 +391,9 @@ def test_engine_path_draw_then_apply_equals_step(name):
     ``apply``) draw nothing."""
     result = _bundle_result(name, "float64", start=10)
     draws_nothing, applied = result["engine"]
-    assert bool(draws_nothing) == (not CASES[name][3] or name == "offline_sgd_epochs")
+    stepper = make_stepper(name)
+    epochs = CASE_METHOD[name].minibatch and not stepper.task.online and not stepper.replacement
+    assert bool(draws_nothing) == (not CASES[name][3] or epochs)
     _assert_trees_close(applied, result["batched"], 0.0, f"{name}: apply(draw) vs step")
 
 
@@ -420,13 +419,13 @@ def test_sde_without_noise_is_gradient_descent_exactly(regime):
     if task.online:
         steppers.append(dy.IsotropicLangevin(task, widths=WIDTHS))
     for stepper in steppers:
-        hp = dy.Hyperparameters(learning_rate=0.0, step_size=h, temperature=0.0)
+        hp = dy.IsotropicHyperparameters(learning_rate=0.0, step_size=h, temperature=0.0)
         out, loss = _one_step(stepper, keys, weights, hp)
         for a, b in zip(out, gd, strict=True):
             np.testing.assert_array_equal(a, b, err_msg=type(stepper).__name__)
         np.testing.assert_array_equal(loss, gd_loss)
     # with noise (eta > 0) the steps differ: the comparison is not vacuous
-    noisy, _ = _one_step(steppers[0], keys, weights, dy.Hyperparameters(0.1, step_size=h))
+    noisy, _ = _one_step(steppers[0], keys, weights, dy.StepSizeHyperparameters(0.1, step_size=h))
     assert not np.allclose(noisy[0], gd[0])
 
 
@@ -460,7 +459,7 @@ def test_reduced_sde_without_noise_is_euler_on_the_gradient_flow_drift():
         for coupled in (True, False):
             stepper = dy.ReducedSDE(task, depth=depth, coupled=coupled)
             out, _ = stepper.step(make_keys(None), stepper.init((jnp.asarray(a),)),
-                                  dy.Hyperparameters(learning_rate=0.0, step_size=0.05))
+                                  dy.StepSizeHyperparameters(learning_rate=0.0, step_size=0.05))
             expected = a + 0.05 * depth * np.abs(a) ** (2 - 2 / depth) * (s - a)
             np.testing.assert_allclose(out.weights[0], expected, rtol=1e-14)
 
@@ -483,7 +482,7 @@ def test_offline_sgd_full_batch_without_replacement_is_gd():
     _assert_trees_close(a.weights, b.weights, 1e-12, "offline SGD B = n vs GD")
     assert int(a.step) == 6
     # and the batches were permutations of the data set
-    assert sorted(np.asarray(a.extra)[:, 0].tolist()) == list(range(NUM_DATA))
+    assert sorted(np.asarray(a.permutation)[:, 0].tolist()) == list(range(NUM_DATA))
 
 
 @pytest.mark.parametrize("regime", ["white_noise", "colored_noise"])
@@ -529,7 +528,7 @@ def test_sde_step_has_the_gradient_noise_covariance(regime, substeps, replacemen
     stepper = dy.AnisotropicLangevin(task, path_substeps=substeps, replacement=replacement)
     out = jax.jit(lambda s, k, st, hp: s.step(k, st, hp)[0])(
         stepper, make_keys(runs, 9), stepper.init(weights),
-        dy.Hyperparameters(lr, float(batch), step_size=h))
+        dy.StepSizeHyperparameters(lr, float(batch), step_size=h))
     grads = d.gradient(w1, task)
     mean = np.asarray(d.flatten_weights(tuple(x - h * g for x, g in zip(w1, grads, strict=True))))
     xi = (_flat_runs_minor(out.weights) - mean) / math.sqrt(h * lr)
@@ -550,7 +549,7 @@ def test_isotropic_and_reduced_steps_have_their_laws():
     iso = dy.IsotropicLangevin(task, widths=WIDTHS)
     out = jax.jit(lambda s, k, st, hp: s.step(k, st, hp)[0])(
         iso, make_keys(runs, 10), iso.init(weights),
-        dy.Hyperparameters(0.1, step_size=h, temperature=0.3))
+        dy.IsotropicHyperparameters(0.1, step_size=h, temperature=0.3))
     grads = d.gradient(w1, task)
     mean = np.asarray(d.flatten_weights(tuple(x - h * g for x, g in zip(w1, grads, strict=True))))
     check_covariance_mc(_flat_runs_minor(out.weights) - mean, 2 * 0.3 * h * np.eye(mean.size),
@@ -562,7 +561,7 @@ def test_isotropic_and_reduced_steps_have_their_laws():
         out = jax.jit(lambda s, k, st, hp: s.step(k, st, hp)[0])(
             reduced, make_keys(runs, 11), reduced.init((jnp.broadcast_to(jnp.asarray(a)[:, None],
                                                                          (2, runs)),)),
-            dy.Hyperparameters(lr, batch, step_size=h))
+            dy.StepSizeHyperparameters(lr, batch, step_size=h))
         new = np.asarray(out.weights[0]).T                           # (runs, modes)
         drift = np.asarray(th_reduced.reduced_drift(a, s, 3, lr, batch, sigma, coupled))
         diffusion = np.asarray(th_reduced.reduced_diffusion(a, s, 3, lr, batch, sigma))
@@ -602,7 +601,7 @@ def _flat_runs_minor(weights):
 @jax.jit
 def _final(stepper, weights, lr, h, steps):
     """``steps`` (traced: one compilation for every h) steps from ``weights``."""
-    hp = dy.Hyperparameters(learning_rate=lr, step_size=h)
+    hp = dy.StepSizeHyperparameters(learning_rate=lr, step_size=h)
     state = jax.lax.fori_loop(0, steps, lambda _, s: stepper.step(make_keys(None), s, hp)[0],
                               stepper.init(weights))
     return d.flatten_weights(state.weights)

@@ -62,6 +62,12 @@ def sgd_setup(runs=RUNS):
 
 ROOT = jax.random.key(7)
 STEPS = np.array([0, 10, 23, 50])
+CHUNK7 = en.Layout(chunk_steps=7)
+
+
+def ckpt(path):
+    """A checkpoint written at every dispatch."""
+    return en.Checkpoint(path, every_seconds=0)
 
 
 def assert_datasets_equal(a, b, names=None, runs=None):
@@ -95,8 +101,8 @@ def test_result_is_independent_of_block_chunk_and_group_sizes():
     base = en.simulate(stepper, weights, hp, ROOT, STEPS)
     for block, chunk, group in ((5, 1 << 14, 128), (64, 7, 128), (5, 7, 128), (64, 1 << 14, 2),
                                 (5, 7, 3)):
-        other = en.simulate(stepper, weights, hp, ROOT, STEPS, block_steps=block, chunk_steps=chunk,
-                            run_group=group)
+        layout = en.Layout(block_steps=block, chunk_steps=chunk, run_group=group)
+        other = en.simulate(stepper, weights, hp, ROOT, STEPS, layout=layout)
         assert_datasets_equal(base, other)
 
 
@@ -124,7 +130,7 @@ def test_engine_equals_a_loop_of_steps():
 
 
 def test_switch_to_another_batch_size_mid_run():
-    """``switches=[(23, SGD B=4, hparams B=4)]``: the records up to step 23 are those of the run
+    """``schedule=[(23, SGD B=4, hparams B=4)]``: the records up to step 23 are those of the run
     without the switch (the weights at 23 too; the batch-size-dependent observables recorded at
     23 already use B = 4), and the final state equals a loop of 23 steps of B = 1 followed by 27
     steps of B = 4 with the same key and a continuing step counter. A switch that changes the
@@ -132,7 +138,7 @@ def test_switch_to_another_batch_size_mid_run():
     stepper, weights, hp = sgd_setup()
     task = stepper.task
     b4, hp4 = dy.OnlineSGD(task, batch_size=4), dy.Hyperparameters(LR, 4.0)
-    ds = en.simulate(stepper, weights, hp, ROOT, STEPS, switches=[(23, b4, hp4)])
+    ds = en.simulate(stepper, weights, hp, ROOT, STEPS, schedule=[(23, b4, hp4)])
     base = en.simulate(stepper, weights, hp, ROOT, STEPS)
     assert_datasets_equal(base.isel(time=slice(0, 2)), ds.isel(time=slice(0, 2)))
     np.testing.assert_array_equal(base.cross_amplitude[:, 2], ds.cross_amplitude[:, 2])
@@ -154,7 +160,7 @@ def test_switch_to_another_batch_size_mid_run():
     assert not np.allclose(ds.amplitude[:, 3], base.amplitude[:, 3])
     with pytest.raises(ValueError) as info:
         en.simulate(stepper, weights, hp, ROOT, STEPS,
-                    switches=[(23, b4, dy.Hyperparameters(2 * LR, 4.0))])
+                    schedule=[(23, b4, dy.Hyperparameters(2 * LR, 4.0))])
     assert "\n" not in str(info.value) and str(info.value).startswith("switches=")
 
 
@@ -211,18 +217,17 @@ def test_checkpoint_resume_is_bit_identical_and_removed(tmp_path):
     the result is bit-identical to an uninterrupted run, and the checkpoint file is gone."""
     stepper, weights, hp = sgd_setup()
     path = tmp_path / "run.ckpt"
-    base = en.simulate(stepper, weights, hp, ROOT, STEPS, chunk_steps=7)
+    base = en.simulate(stepper, weights, hp, ROOT, STEPS, layout=CHUNK7)
     progress, seen = _interrupt_after(4)
     with pytest.raises(Interrupt):
-        en.simulate(stepper, weights, hp, ROOT, STEPS, chunk_steps=7, checkpoint=path,
-                    checkpoint_every_s=0, progress=progress)
+        en.simulate(stepper, weights, hp, ROOT, STEPS, layout=CHUNK7, checkpoint=ckpt(path),
+                    progress=progress)
     assert seen == [(7, 50), (10, 50), (17, 50), (23, 50)]
     assert path.exists()
     with np.load(path) as saved:                           # saved after the 3rd dispatch
         assert int(saved["position"]) == 17
     resumed_progress = []
-    resumed = en.simulate(stepper, weights, hp, ROOT, STEPS, chunk_steps=7, checkpoint=path,
-                          checkpoint_every_s=0,
+    resumed = en.simulate(stepper, weights, hp, ROOT, STEPS, layout=CHUNK7, checkpoint=ckpt(path),
                           progress=lambda done, total: resumed_progress.append(done))
     assert resumed_progress[0] == 23                       # it did resume (not restart)
     assert_datasets_equal(base, resumed)
@@ -237,14 +242,14 @@ def test_checkpoint_of_another_simulation_is_not_resumed(tmp_path):
     path = tmp_path / "run.ckpt"
     progress, _ = _interrupt_after(3)
     with pytest.raises(Interrupt):
-        en.simulate(stepper, weights, hp, jax.random.key(99), STEPS, chunk_steps=7,
-                    checkpoint=path, checkpoint_every_s=0, progress=progress)
+        en.simulate(stepper, weights, hp, jax.random.key(99), STEPS, layout=CHUNK7,
+                    checkpoint=ckpt(path), progress=progress)
     assert path.exists()
     done = []
-    ds = en.simulate(stepper, weights, hp, ROOT, STEPS, chunk_steps=7, checkpoint=path,
-                     checkpoint_every_s=0, progress=lambda n, total: done.append(n))
+    ds = en.simulate(stepper, weights, hp, ROOT, STEPS, layout=CHUNK7, checkpoint=ckpt(path),
+                     progress=lambda n, total: done.append(n))
     assert done[0] == 7
-    assert_datasets_equal(en.simulate(stepper, weights, hp, ROOT, STEPS, chunk_steps=7), ds)
+    assert_datasets_equal(en.simulate(stepper, weights, hp, ROOT, STEPS, layout=CHUNK7), ds)
     assert not path.exists()
 
 
@@ -256,11 +261,10 @@ def test_checkpoint_resumed_with_all_observables(tmp_path):
     path = tmp_path / "run.ckpt"
     progress, _ = _interrupt_after(3)
     with pytest.raises(Interrupt):
-        en.simulate(stepper, weights, hp, ROOT, STEPS, chunk_steps=7, observables=False,
-                    checkpoint=path, checkpoint_every_s=0, progress=progress)
-    ds = en.simulate(stepper, weights, hp, ROOT, STEPS, chunk_steps=7, checkpoint=path,
-                     checkpoint_every_s=0)
-    assert_datasets_equal(en.simulate(stepper, weights, hp, ROOT, STEPS, chunk_steps=7), ds)
+        en.simulate(stepper, weights, hp, ROOT, en.Recording(STEPS, observables=False), layout=CHUNK7,
+                    checkpoint=ckpt(path), progress=progress)
+    ds = en.simulate(stepper, weights, hp, ROOT, STEPS, layout=CHUNK7, checkpoint=ckpt(path))
+    assert_datasets_equal(en.simulate(stepper, weights, hp, ROOT, STEPS, layout=CHUNK7), ds)
 
 
 def test_checkpoint_with_other_observable_settings_is_not_mixed_in(tmp_path):
@@ -271,12 +275,12 @@ def test_checkpoint_with_other_observable_settings_is_not_mixed_in(tmp_path):
     path = tmp_path / "run.ckpt"
     progress, _ = _interrupt_after(3)
     with pytest.raises(Interrupt):
-        en.simulate(stepper, weights, hp, ROOT, STEPS, chunk_steps=7, coupled=True,
-                    checkpoint=path, checkpoint_every_s=0, progress=progress)
-    ds = en.simulate(stepper, weights, hp, ROOT, STEPS, chunk_steps=7, coupled=False,
-                     checkpoint=path, checkpoint_every_s=0)
-    fresh = en.simulate(stepper, weights, hp, ROOT, STEPS, chunk_steps=7, coupled=False)
-    coupled = en.simulate(stepper, weights, hp, ROOT, STEPS, chunk_steps=7, coupled=True)
+        en.simulate(stepper, weights, hp, ROOT, en.Recording(STEPS, coupled=True), layout=CHUNK7,
+                    checkpoint=ckpt(path), progress=progress)
+    ds = en.simulate(stepper, weights, hp, ROOT, en.Recording(STEPS, coupled=False), layout=CHUNK7,
+                     checkpoint=ckpt(path))
+    fresh = en.simulate(stepper, weights, hp, ROOT, en.Recording(STEPS, coupled=False), layout=CHUNK7)
+    coupled = en.simulate(stepper, weights, hp, ROOT, en.Recording(STEPS, coupled=True), layout=CHUNK7)
     assert not np.allclose(fresh.reduced_ito_drift, coupled.reduced_ito_drift)   # not vacuous
     assert_datasets_equal(fresh, ds)
 
@@ -316,7 +320,8 @@ def test_divergent_run_is_labelled_and_others_are_unaffected():
         np.testing.assert_array_equal(np.asarray(ds[k])[ok], np.asarray(calm[k])[ok], err_msg=k)
     assert list(calm.status.values) == ["ok"] * RUNS
     # the same when the diverging run shares a cache-blocking group with calm runs
-    grouped = en.simulate(stepper, weights, dy.Hyperparameters(lrs), ROOT, steps, run_group=3)
+    grouped = en.simulate(stepper, weights, dy.Hyperparameters(lrs), ROOT, steps,
+                          layout=en.Layout(run_group=3))
     assert_datasets_equal(ds, grouped)
 
 
@@ -404,6 +409,9 @@ def test_simulate_rejects_bad_record_steps(steps, name):
     (dy.Hyperparameters(np.array([0.1, 0.2])), "hparams.learning_rate"),
     (dy.Hyperparameters(np.inf), "hparams.learning_rate"),
     (dy.Hyperparameters(0.1, batch_size=np.ones((RUNS, 2))), "hparams.batch_size"),
+    (dy.Hyperparameters("0.1"), "hparams.learning_rate"),
+    (dy.IsotropicHyperparameters(0.1, temperature=0.5), "hparams.step_size"),
+    ({"learning_rate": 0.1}, "hparams"),
 ])
 def test_simulate_rejects_bad_hyperparameters(hp, name):
     stepper, weights, _ = sgd_setup()
@@ -424,10 +432,10 @@ def test_time_coordinate_is_step_times_h():
     assert ds.cross_amplitude.dims == ("run", "time", "mode", "mode2")
     assert ds.sizes["run"] == RUNS and ds.sizes["mode"] == min(D_IN, D_OUT)
     sde = dy.AnisotropicLangevin(stepper.task)
-    one_h = en.simulate(sde, weights, dy.Hyperparameters(LR, step_size=0.01), ROOT, STEPS)
+    one_h = en.simulate(sde, weights, dy.StepSizeHyperparameters(LR, step_size=0.01), ROOT, STEPS)
     np.testing.assert_allclose(one_h.time, STEPS * 0.01, rtol=1e-15)
     per_run_h = np.array([0.01, 0.02, 0.01, 0.005])
-    many = en.simulate(sde, weights, dy.Hyperparameters(LR, step_size=per_run_h), ROOT, STEPS)
+    many = en.simulate(sde, weights, dy.StepSizeHyperparameters(LR, step_size=per_run_h), ROOT, STEPS)
     np.testing.assert_allclose(many.elapsed, per_run_h[:, None] * STEPS[None, :], rtol=1e-15)
     # run 0 has the same h in both: identical records
     np.testing.assert_array_equal(many.amplitude[0], one_h.amplitude[0])
@@ -460,8 +468,8 @@ def test_observables_at_step_zero_equal_core_functions(regime):
                else dy.OfflineSGD(task, batch_size=1, replacement=replacement))
     weights = make_weights(RUNS, seed=1)
     lrs, batches = np.array([0.05, 0.1, 0.02, 0.07]), np.array([1.0, 2.0, 4.0, 3.0])
-    ds = en.simulate(stepper, weights, dy.Hyperparameters(lrs, batches), ROOT, [0, 3],
-                     replacement=replacement).isel(time=0)
+    ds = en.simulate(stepper, weights, dy.Hyperparameters(lrs, batches), ROOT,
+                     [0, 3]).isel(time=0)
     for i in range(RUNS):
         w = tuple(x[i] for x in weights)
         lr, b = lrs[i], batches[i]

@@ -9,8 +9,8 @@ import sys
 SCRIPT = r"""
 import jax, jax.numpy as jnp, numpy as np
 from dlnlab.core import Task, init_gaussian
-from dlnlab.dynamics import AnisotropicLangevin, Hyperparameters, OfflineSGD, OnlineSGD
-from dlnlab.engine import run_keys, simulate
+from dlnlab.dynamics import AnisotropicLangevin, OfflineSGD, OnlineSGD
+from dlnlab.engine import Layout, run_keys, simulate
 assert jax.local_device_count() == 2
 task = Task.from_spectrum(jax.random.key(1), 6, 5, [1.0, 0.5], label_noise=0.2, dtype=jnp.float32)
 data = task.with_data(jax.random.key(4), 40)
@@ -18,8 +18,10 @@ w = jax.vmap(lambda k: init_gaussian(k, (6, 7, 5), 1.0, dtype=jnp.float32))(
     run_keys(jax.random.key(2), 300))
 for stepper in (OnlineSGD(task), AnisotropicLangevin(task),
                 OfflineSGD(data, batch_size=3, replacement=False)):
-    runs = [simulate(stepper, w, Hyperparameters(0.05, 1.0, 0.01), jax.random.key(3),
-                     [0, 7, 40, 300], run_group=64, parallel=p, chunk_steps=50)
+    hp = stepper.hyperparameters(learning_rate=0.05, batch_size=1.0,
+                                 **({"step_size": 0.01} if stepper.uses_step_size else {}))
+    runs = [simulate(stepper, w, hp, jax.random.key(3), [0, 7, 40, 300],
+                     layout=Layout(run_group=64, parallel=p, chunk_steps=50))
             for p in (True, False)]
     for name in ("amplitude", "loss", "diffusion"):
         assert np.array_equal(runs[0][name].values, runs[1][name].values), (stepper.name, name)

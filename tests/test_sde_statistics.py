@@ -82,7 +82,7 @@ def test_reduced_sde_matches_the_full_sde_from_an_aligned_balanced_start():
     task = d.Task.from_spectrum(jax.random.key(1), 2, 2, (1.0, 0.5), label_noise=0.5)
     a0, runs, eta, h = np.array([0.2, 0.1]), 4000, 0.1, 0.01
     steps = [0, 10, 20, 30]
-    hp = dy.Hyperparameters(eta, 1.0, step_size=h)
+    hp = dy.StepSizeHyperparameters(eta, 1.0, step_size=h)
     full = en.simulate(dy.AnisotropicLangevin(task),
                        broadcast_runs(d.init_aligned(task, a0, (2, 2, 2)), runs), hp,
                        jax.random.key(10), steps)
@@ -165,7 +165,7 @@ def _em_levels(task, widths, gamma, eta, horizon, fine_steps, substeps, runs, ke
     out = {}
     for m in (1,) + tuple(substeps):
         stepper = dy.AnisotropicLangevin(task, path_substeps=m)
-        hp = dy.Hyperparameters(eta, 1.0, step_size=m * horizon / fine_steps)
+        hp = dy.StepSizeHyperparameters(eta, 1.0, step_size=m * horizon / fine_steps)
         (out[m],) = weights_at(stepper, start, hp, key, [fine_steps // m])
         assert all(np.all(np.isfinite(w)) for w in out[m])
     return out
@@ -241,9 +241,9 @@ def test_sgd_and_the_anisotropic_sde_agree_in_matched_time():
     sgd = en.simulate(dy.OnlineSGD(task), start, dy.Hyperparameters(eta), jax.random.key(15),
                       steps)
     sde_stepper = dy.AnisotropicLangevin(task)
-    sde = en.simulate(sde_stepper, start, dy.Hyperparameters(eta, step_size=eta),
+    sde = en.simulate(sde_stepper, start, dy.StepSizeHyperparameters(eta, step_size=eta),
                       jax.random.key(16), steps)
-    loud = en.simulate(sde_stepper, start, dy.Hyperparameters(2 * eta, step_size=eta),
+    loud = en.simulate(sde_stepper, start, dy.StepSizeHyperparameters(2 * eta, step_size=eta),
                        jax.random.key(16), steps)
     np.testing.assert_allclose(sgd.time, sde.time)
     np.testing.assert_allclose(sgd.time, [0.0, 1.0, 2.0, 4.0])

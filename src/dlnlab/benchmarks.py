@@ -62,28 +62,19 @@ def _median_rate(fn, work: float, min_seconds: float, repeats: int = 3) -> float
 def _engine_rate(stepper, weights, hp, runs: int, steps: int, min_seconds: float):
     """Compile time and run-steps/s of the engine's compiled advance (no recording), with the
     layout ``simulate`` uses (run groups of 128 spread over the host devices)."""
-    from .dynamics import _ops as ops
-    from .engine.simulate import _advance_parallel, _broadcast_hparams, _layout, run_keys
+    from .engine import advance_from
 
-    dtype = weights[0].dtype
-    group, devices, padded = _layout(runs, None, True)
-    batched = tuple(jnp.broadcast_to(w[..., None], w.shape + (padded,)) + 0 for w in weights)
-    state = stepper.init(batched)
-    diverged = jnp.full((padded,), -1, jnp.int32)
-    words = ops.key_words(run_keys(jax.random.key(3), padded))
-    hp = _broadcast_hparams(hp, padded, dtype)
-    threshold = jnp.asarray(1e8, dtype)
+    batched = tuple(jnp.broadcast_to(w[None], (runs,) + w.shape) + 0 for w in weights)
+    advance = advance_from(stepper, batched, hp, jax.random.key(3))
 
     def call(n):
-        out = _advance_parallel(stepper, state, diverged, words, hp, jnp.int32(n), block_steps=64,
-                                run_group=group, num_devices=devices, threshold=threshold)
-        jax.block_until_ready(out)
+        jax.block_until_ready(advance(n))
 
     t0 = time.perf_counter()
     call(1)                                   # compiles (one step of run time is negligible)
     compile_s = time.perf_counter() - t0
     call(steps)
-    return compile_s, _median_rate(lambda: call(steps), padded * steps, min_seconds)
+    return compile_s, _median_rate(lambda: call(steps), runs * steps, min_seconds)
 
 
 # ------------------------------------------------------------------------------ baselines
@@ -159,7 +150,7 @@ def run_benchmarks(quick: bool = False, progress: bool = True, *, runs: int = RU
     baseline_run_steps_per_s, ratio, device`` (plus ``compile_s`` and case extras).
 
     ``runs``, ``min_seconds`` and ``recording_steps`` shrink the benchmark (tests)."""
-    from .dynamics import AnisotropicLangevin, Hyperparameters, OnlineSGD
+    from .dynamics import AnisotropicLangevin, Hyperparameters, OnlineSGD, StepSizeHyperparameters
 
     if min_seconds is None:
         min_seconds = 1.0 if quick else 2.0
@@ -184,7 +175,7 @@ def run_benchmarks(quick: bool = False, progress: bool = True, *, runs: int = RU
 
     say("anisotropic SDE (dlnlab)")
     compile_s, rate = _engine_rate(AnisotropicLangevin(task), weights,
-                                   Hyperparameters(lr, 1.0, h), runs, 256 if quick else 1024,
+                                   StepSizeHyperparameters(lr, 1.0, h), runs, 256 if quick else 1024,
                                    min_seconds)
     say("anisotropic SDE (dense-covariance eigh baseline)")
     base = _numpy_dense_sde_rate(weights, task.teacher, lr, h, min_seconds)
@@ -196,7 +187,33 @@ def run_benchmarks(quick: bool = False, progress: bool = True, *, runs: int = RU
     if recording_steps is None:
         recording_steps = 10**5 if quick else 10**6
     results.append(_recording_case(task, weights, lr, runs, recording_steps, device, say))
+    results.append(_observables_case(task, weights, lr, runs, 4096 if quick else 16384, device, say))
     return results
+
+
+def _observables_case(task, weights, lr, runs, steps, device, say) -> dict:
+    """Dense recording (every 16 steps) of ``loss`` only against every observable, same
+    problem and run: observables that are not requested are not computed."""
+    from .dynamics import Hyperparameters, OnlineSGD
+    from .engine import Recording, record_steps, simulate
+
+    batched = tuple(jnp.broadcast_to(w, (runs,) + w.shape) + 0 for w in weights)
+    steps_list = record_steps(steps, every=16)
+    walls = {}
+    for label, names in (("all", None), ("loss", ["loss"])):
+        say(f"recording {label}: {runs} runs x {steps} steps, {len(steps_list)} records")
+        simulate(OnlineSGD(task), batched, Hyperparameters(lr), jax.random.key(4),
+                 Recording(steps_list[:3], observables=names))          # compile
+        t0 = time.perf_counter()
+        simulate(OnlineSGD(task), batched, Hyperparameters(lr), jax.random.key(4),
+                 Recording(steps_list, observables=names))
+        walls[label] = time.perf_counter() - t0
+    return dict(name="record_loss_only", config=f"online SGD, {runs} runs x {steps} steps, "
+                f"{len(steps_list)} records: loss only vs every observable",
+                run_steps_per_s=runs * steps / walls["loss"],
+                baseline_run_steps_per_s=runs * steps / walls["all"],
+                ratio=walls["all"] / walls["loss"], device=device, compile_s=float("nan"),
+                baseline="same run recording every observable")
 
 
 def _recording_case(task, weights, lr, runs, steps, device, say) -> dict:

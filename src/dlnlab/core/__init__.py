@@ -11,7 +11,6 @@ from .loss import (
     per_sample_gradients,
     population_gradient,
     population_loss,
-    sample_batch,
     sample_data_batch,
     training_loss,
 )
@@ -24,7 +23,6 @@ from .modes import (
     ito_drift,
     mode_amplitudes,
     mode_covariation,
-    mode_drift,
     modewise_diffusion,
     ntk_operator,
 )
@@ -49,7 +47,14 @@ from .products import (
     span_product,
     unflatten_weights,
 )
-from .task import DataSet, Task, arithmetic_spectrum, power_law_spectrum, random_orthonormal
+from .task import (
+    DataSet,
+    Task,
+    arithmetic_spectrum,
+    power_law_spectrum,
+    random_orthonormal,
+    sample_batch,
+)
 from .weights import balanced_factorization, init_aligned, init_balanced, init_gaussian
 
 __all__ = [
@@ -81,7 +86,6 @@ __all__ = [
     "minibatch_gradient",
     "mode_amplitudes",
     "mode_covariation",
-    "mode_drift",
     "modewise_diffusion",
     "noise_covariance",
     "noise_from_normals",

@@ -13,10 +13,9 @@ import jax
 import jax.numpy as jnp
 
 from .. import _validation as v
+from .._types import Array
 from .products import end_to_end, partial_products
 from .task import Task
-
-Array = jax.Array
 
 
 def error(weights, task: Task) -> Array:
@@ -101,21 +100,6 @@ def minibatch_gradient(weights, inputs: Array, targets: Array) -> tuple[Array, .
     n = inputs.shape[0]
     g = (inputs @ end_to_end(weights).T - targets).T @ inputs / n
     return layer_gradients(weights, g)
-
-
-def sample_batch(key, task: Task, batch_size: int) -> tuple[Array, Array]:
-    """Fresh samples ``x ~ N(0, S_x)``, ``y = M x + eps`` (online), shapes ``(B, d_in)``, ``(B, d_out)``."""
-    if v.is_concrete(batch_size):
-        v.positive_int("batch_size", batch_size)
-    k_x, k_eps = jax.random.split(key)
-    x = jax.random.normal(k_x, (batch_size, task.d_in), dtype=task.dtype)
-    if not task.whitened:
-        x = x @ task.input_sqrt
-    y = x @ task.teacher.T
-    if task.label_covariance is not None:
-        eps = jax.random.normal(k_eps, (batch_size, task.d_out), dtype=task.dtype)
-        y = y + eps @ task.label_sqrt
-    return x, y
 
 
 def sample_data_batch(key, task: Task, batch_size: int, replacement: bool = True):

@@ -19,16 +19,14 @@ the expectations are averages over the data set of the centred ``R_i - Rbar``.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from .. import _validation as v
+from .._types import Array
 from .loss import data_moments, end_to_end, error, error_matrix
 from .noise import batch_factor
 from .products import partial_products, span_product
 from .task import Task
-
-Array = jax.Array
 
 
 def mode_amplitudes(weights, task: Task) -> Array:
@@ -191,10 +189,3 @@ def ito_drift(weights, task: Task, learning_rate, batch_size=1,
     """Exact Ito drift of every teacher mode amplitude, shape ``(r,)`` (Prop. 3.4, THEORY §5)."""
     return amplitude_ito_drift(weights, task, task.left, task.right, learning_rate, batch_size,
                                replacement)
-
-
-def mode_drift(weights, task: Task, learning_rate, batch_size=1,
-               replacement: bool = True) -> Array:
-    """Total drift of each mode under the anisotropic SDE: gradient-flow drift + Ito drift."""
-    return (gradient_flow_mode_drift(weights, task)
-            + ito_drift(weights, task, learning_rate, batch_size, replacement))

@@ -19,11 +19,10 @@ import jax
 import jax.numpy as jnp
 
 from .. import _validation as v
+from .._types import Array
 from .loss import data_moments, end_to_end, error
 from .products import partial_products
 from .task import Task
-
-Array = jax.Array
 
 
 def batch_factor(task: Task, batch_size, replacement: bool = True):

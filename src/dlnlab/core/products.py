@@ -12,10 +12,9 @@ All functions are pure and jit/vmap-able; the layer loop is over the (static) de
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
-Array = jax.Array
+from .._types import Array
 
 
 def end_to_end(weights: tuple[Array, ...]) -> Array:

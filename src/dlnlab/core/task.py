@@ -20,8 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _validation as v
-
-Array = jax.Array
+from .._types import Array
 
 
 class DataSet(NamedTuple):
@@ -241,8 +240,6 @@ class Task:
     def with_data(self, key, num_samples: int) -> Task:
         """Offline copy of this task with ``num_samples`` i.i.d. samples drawn from ``key``."""
         num_samples = v.positive_int("num_samples", num_samples)
-        from .loss import sample_batch  # local import: loss imports task
-
         x, y = sample_batch(key, self.replace(data=None), num_samples)
         return self.replace(data=DataSet(x, y))
 
@@ -285,3 +282,18 @@ def _basis(name: str, basis, rows: int, r: int) -> np.ndarray:
     if np.abs(b.T @ b - np.eye(r)).max() > 1e-6:
         v.fail(name, basis, "columns must be orthonormal")
     return b
+
+
+def sample_batch(key, task: Task, batch_size: int) -> tuple[Array, Array]:
+    """Fresh samples ``x ~ N(0, S_x)``, ``y = M x + eps`` (online), shapes ``(B, d_in)``, ``(B, d_out)``."""
+    if v.is_concrete(batch_size):
+        v.positive_int("batch_size", batch_size)
+    k_x, k_eps = jax.random.split(key)
+    x = jax.random.normal(k_x, (batch_size, task.d_in), dtype=task.dtype)
+    if not task.whitened:
+        x = x @ task.input_sqrt
+    y = x @ task.teacher.T
+    if task.label_covariance is not None:
+        eps = jax.random.normal(k_eps, (batch_size, task.d_out), dtype=task.dtype)
+        y = y + eps @ task.label_sqrt
+    return x, y

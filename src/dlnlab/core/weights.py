@@ -13,10 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _validation as v
+from .._types import Array
 from .products import end_to_end
 from .task import Task, random_orthonormal
-
-Array = jax.Array
 
 
 def _dtype(dtype):

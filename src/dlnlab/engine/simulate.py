@@ -5,15 +5,15 @@ compiled function advances all runs by ``n`` steps (``n`` is traced: any segment
 the compilation); the randomness of a block of ``block_steps`` steps is drawn in one call
 before the block's ``lax.scan``. A host loop walks from record time to record time in segments
 of at most ``chunk_steps`` steps: that bounds memory, drives the progress bar and the
-checkpoints, and costs one dispatch per segment.
+checkpoints, and costs one dispatch per segment. The engine knows steppers only through the
+step contract: ``init``, ``draw``, ``apply``, ``time_step`` and the observer ``observe``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -22,9 +22,11 @@ import numpy as np
 import xarray as xr
 
 from .. import _validation as v
-from ..dynamics import _ops as ops
-from ..dynamics.steppers import Hyperparameters, ReducedSDE, State, Stepper
-from .observables import OBSERVABLE_DIMS, observe_amplitudes, observe_weights
+from ..dynamics import key_words
+from ..dynamics.base import Stepper
+from ..dynamics.observers import OBSERVABLE_DIMS
+from ..io.atomic import atomic_write_npz
+from .options import Checkpoint, Layout, Recording, Schedule
 
 DEFAULT_DIVERGENCE_THRESHOLD = 1e8
 
@@ -33,6 +35,11 @@ def run_keys(key, num_runs: int, run_offset: int = 0):
     """Per-run keys ``fold_in(key, run_offset + i)``: run ``i`` is the same whatever the batch."""
     index = jnp.arange(run_offset, run_offset + num_runs)
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(index)
+
+
+def _batched(state):
+    """The state's run-batched part: every field but the step counter."""
+    return state._replace(step=None)
 
 
 def _with_dtype(stepper: Stepper, dtype) -> Stepper:
@@ -46,12 +53,40 @@ def _with_dtype(stepper: Stepper, dtype) -> Stepper:
     return jax.tree_util.tree_map(cast, stepper)
 
 
-def _broadcast_hparams(hparams: Hyperparameters, num_runs: int, dtype) -> Hyperparameters:
-    """Every leaf as an array of shape ``(num_runs,)`` (runs-minor broadcasting)."""
+def family_hyperparameters(stepper: Stepper, hparams):
+    """``hparams`` as the stepper family's type. Another NamedTuple is widened when every field
+    it has is one of the family's (the missing ones take their defaults: ``Hyperparameters(eta)``
+    serves an SDE with ``h = eta``); a field the family does not have is a one-line error."""
+    expected = stepper.hyperparameters_type
+    if isinstance(hparams, expected):
+        return hparams
+    fields = getattr(hparams, "_fields", None)
+    if fields is None:
+        v.fail("hparams", type(hparams).__name__,
+               f"must be {expected.__name__}({', '.join(expected._fields)}) for "
+               f"{type(stepper).__name__} (stepper.hyperparameters(...) builds it)")
+    foreign = [f for f in fields if f not in expected._fields]
+    if foreign:
+        v.fail(f"hparams.{foreign[0]}", getattr(hparams, foreign[0]),
+               f"not a hyperparameter of {type(stepper).__name__} "
+               f"(valid: {', '.join(expected._fields)})")
+    return expected(**{f: getattr(hparams, f) for f in fields})
+
+
+def _broadcast_hparams(stepper: Stepper, hparams, num_runs: int, dtype):
+    """Every leaf as an array of shape ``(num_runs,)`` (runs-minor broadcasting); ``hparams``
+    must be the stepper family's type (a one-line error names the expected one)."""
+    hparams = family_hyperparameters(stepper, hparams)
     def leaf(name, x):
         if x is None:
             return None
-        arr = np.asarray(x, dtype=np.float64)
+        try:
+            raw = np.asarray(x)
+        except (TypeError, ValueError):
+            raw = np.asarray(None)
+        if raw.dtype.kind not in "iuf":              # no strings, booleans or objects
+            v.fail(f"hparams.{name}", x, "must be a number or an array of numbers")
+        arr = raw.astype(np.float64)
         if arr.ndim == 0:
             arr = np.full((num_runs,), float(arr))
         if arr.shape != (num_runs,):
@@ -59,7 +94,7 @@ def _broadcast_hparams(hparams: Hyperparameters, num_runs: int, dtype) -> Hyperp
         if not np.all(np.isfinite(arr)):
             v.fail(f"hparams.{name}", x, "must be finite")
         return jnp.asarray(arr, dtype)
-    return Hyperparameters(*(leaf(n, getattr(hparams, n)) for n in Hyperparameters._fields))
+    return type(hparams)(*(leaf(n, getattr(hparams, n)) for n in hparams._fields))
 
 
 def _block_scan(stepper, words, hparams, carry, length_valid, block_steps, threshold):
@@ -120,32 +155,32 @@ def _advance(stepper, state, diverged, words, hparams, num_steps, block_steps, r
     def merge(x):
         return jnp.moveaxis(x, 0, -2).reshape(x.shape[1:-1] + (runs,))
 
-    grouped = jax.tree_util.tree_map(split, (state.weights, state.extra, diverged, words, hparams))
+    grouped = jax.tree_util.tree_map(split, (_batched(state), diverged, words, hparams))
 
     def one(args):
-        weights, extra, div, wd, hp = args
-        st, div = _advance_runs(stepper, State(weights, state.step, extra), div, wd, hp,
+        batched, div, wd, hp = args
+        st, div = _advance_runs(stepper, batched._replace(step=state.step), div, wd, hp,
                                 num_steps, block_steps, threshold)
-        return st.weights, st.extra, div
+        return _batched(st), div
 
-    weights, extra, div = jax.lax.map(one, grouped)
-    weights, extra, div = jax.tree_util.tree_map(merge, (weights, extra, div))
-    return State(weights, state.step + num_steps, extra), div
+    batched, div = jax.lax.map(one, grouped)
+    batched, div = jax.tree_util.tree_map(merge, (batched, div))
+    return batched._replace(step=state.step + num_steps), div
 
 
 _advance_jit = jax.jit(_advance, static_argnames=("block_steps", "run_group"))
 
 
-def _advance_on_device(stepper, weights, extra, diverged, words, hparams, step, num_steps,
+def _advance_on_device(stepper, batched, diverged, words, hparams, step, num_steps,
                        threshold, block_steps, run_group):
-    st, div = _advance(stepper, State(weights, step, extra), diverged, words, hparams, num_steps,
+    st, div = _advance(stepper, batched._replace(step=step), diverged, words, hparams, num_steps,
                        block_steps, run_group, threshold)
-    return st.weights, st.extra, div
+    return _batched(st), div
 
 
 # Host devices as parallel workers: each advances its share of the run groups on one core.
-_advance_pmap = jax.pmap(_advance_on_device, in_axes=(None, 0, 0, 0, 0, 0, None, None, None),
-                         static_broadcasted_argnums=(9, 10))
+_advance_pmap = jax.pmap(_advance_on_device, in_axes=(None, 0, 0, 0, 0, None, None, None),
+                         static_broadcasted_argnums=(8, 9))
 
 
 def _advance_parallel(stepper, state, diverged, words, hparams, num_steps, *, block_steps,
@@ -167,12 +202,12 @@ def _advance_parallel(stepper, state, diverged, words, hparams, num_steps, *, bl
         x = np.asarray(x)
         return jnp.asarray(np.moveaxis(x, 0, -2).reshape(x.shape[1:-1] + (runs,)))
 
-    weights, extra, div, wd, hp = jax.tree_util.tree_map(
-        split, (state.weights, state.extra, diverged, words, hparams))
-    weights, extra, div = _advance_pmap(stepper, weights, extra, div, wd, hp, state.step,
-                                        num_steps, threshold, block_steps, run_group)
-    weights, extra, div = jax.tree_util.tree_map(merge, (weights, extra, div))
-    return State(weights, state.step + num_steps, extra), div
+    batched, div, wd, hp = jax.tree_util.tree_map(
+        split, (_batched(state), diverged, words, hparams))
+    batched, div = _advance_pmap(stepper, batched, div, wd, hp, state.step,
+                                 num_steps, threshold, block_steps, run_group)
+    batched, div = jax.tree_util.tree_map(merge, (batched, div))
+    return batched._replace(step=state.step + num_steps), div
 
 
 def _layout(num_runs: int, run_group: int | None, parallel: bool) -> tuple[int, int, int]:
@@ -190,21 +225,13 @@ def _layout(num_runs: int, run_group: int | None, parallel: bool) -> tuple[int, 
     return run_group, devices, -(-num_runs // unit) * unit
 
 
-def _observe(stepper, state, hparams, replacement, coupled):
-    """Observables of every run: arrays with a leading run axis."""
-    task = stepper.task
+def _observe(stepper, state, hparams, names, coupled):
+    """The stepper's observer on every run: arrays with a leading run axis."""
     front = jax.tree_util.tree_map(lambda x: jnp.moveaxis(x, -1, 0), state.weights)
-    if isinstance(stepper, ReducedSDE):
-        def one(a, lr, b):
-            return observe_amplitudes(a, task, stepper.depth, lr, b, coupled)
-        return jax.vmap(one)(front[0], hparams.learning_rate, hparams.batch_size)
-
-    def one(w, lr, b):
-        return observe_weights(w, task, lr, b, replacement, coupled)
-    return jax.vmap(one)(front, hparams.learning_rate, hparams.batch_size)
+    return jax.vmap(lambda w, hp: stepper.observe(w, hp, names, coupled))(front, hparams)
 
 
-_observe_jit = jax.jit(_observe, static_argnames=("replacement", "coupled"))
+_observe_jit = jax.jit(_observe, static_argnames=("names", "coupled"))
 
 
 def _fingerprint(phases, weights, hparams, words, steps, threshold, settings) -> str:
@@ -222,13 +249,8 @@ def _save_checkpoint(path: Path, fingerprint, state, diverged, position, index, 
     leaves = jax.tree_util.tree_leaves(state)
     arrays = {f"state_{i}": np.asarray(x) for i, x in enumerate(leaves)}
     arrays.update({f"record_{k}": r for k, r in records.items()})
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, fingerprint=np.asarray(fingerprint), diverged=np.asarray(diverged),
-                 position=np.asarray(position), index=np.asarray(index), **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_npz(path, fingerprint=np.asarray(fingerprint), diverged=np.asarray(diverged),
+                     position=np.asarray(position), index=np.asarray(index), **arrays)
 
 
 def _load_checkpoint(path: Path, fingerprint, state, records):
@@ -245,101 +267,87 @@ def _load_checkpoint(path: Path, fingerprint, state, records):
                 int(data["position"]), int(data["index"]))
 
 
-def _observable_names(observables) -> list[str]:
-    if observables is True:
-        return list(OBSERVABLE_DIMS)
-    if observables is False:
-        return ["loss"]
-    asked = [str(k) for k in observables]
-    unknown = [k for k in asked if k not in OBSERVABLE_DIMS]
-    if unknown:
-        v.fail("observables", unknown[0], f"must be one of {', '.join(OBSERVABLE_DIMS)}")
-    return [k for k in OBSERVABLE_DIMS if k == "loss" or k in asked]
+def _phases(stepper, hp, schedule: Schedule, num_runs, dtype):
+    phases = [(0, stepper, hp)]
+    for at, st, hps in schedule.switches:
+        at = int(at)
+        if at <= phases[-1][0]:
+            v.fail("switches", at, "switch steps must be increasing and > 0")
+        st = _with_dtype(st, dtype)
+        hps = _broadcast_hparams(st, hps, num_runs, dtype)
+        if not np.allclose(np.asarray(st.time_step(hps)), np.asarray(stepper.time_step(hp))):
+            v.fail("switches", at, "a switch must keep the time step (t = step * h)")
+        phases.append((at, st, hps))
+    return phases
 
 
-def simulate(stepper: Stepper, weights, hparams: Hyperparameters, key, record_steps, *,
-             run_offset: int = 0, observables: bool | Sequence[str] = True, block_steps: int = 64,
-             run_group: int | None = None, parallel: bool = True,
-             chunk_steps: int = 1 << 14, divergence_threshold: float = DEFAULT_DIVERGENCE_THRESHOLD,
-             replacement: bool = True, coupled: bool = True,
+def simulate(stepper: Stepper, weights, hparams, key, recording, *, layout: Layout | None = None,
+             checkpoint: Checkpoint | str | Path | None = None,
              progress: Callable[[int, int], None] | None = None,
-             checkpoint: str | os.PathLike | None = None,
-             checkpoint_every_s: float = 60.0,
-             switches=()) -> xr.Dataset:
-    """Run ``stepper`` from ``weights`` for every run and record at ``record_steps``.
+             schedule: Schedule | None = None, run_offset: int = 0,
+             divergence_threshold: float = DEFAULT_DIVERGENCE_THRESHOLD) -> xr.Dataset:
+    """Run ``stepper`` from ``weights`` for every run and record what ``recording`` asks.
 
     Args:
       stepper: a :class:`~dlnlab.dynamics.Stepper` (its task is shared by the runs).
       weights: tuple of ``(num_runs, d_l, d_{l-1})`` arrays (reduced SDE: ``(num_runs, r)``
         amplitudes, or a 1-tuple of it). Their dtype is the simulation's dtype.
-      hparams: :class:`~dlnlab.dynamics.Hyperparameters`; each leaf a scalar or ``(num_runs,)``.
+      hparams: the stepper family's hyperparameters (``stepper.hyperparameters(...)``); each
+        leaf a scalar or ``(num_runs,)``; finite.
       key: root PRNG key; run ``i`` uses ``fold_in(key, run_offset + i)`` (the same stream for
         every method, so paired methods share e.g. SGD samples where their draws coincide).
-      record_steps: sorted step indices to record (:func:`~dlnlab.engine.record_steps`); the
-        last one is the horizon.
-      observables: ``True``: record every observable; ``False``: only ``loss``; a list of names
-        (keys of :data:`~dlnlab.engine.observables.OBSERVABLE_DIMS`): those (``loss`` always).
-      block_steps: steps per pre-drawn noise block (static; results do not depend on it).
-      run_group: runs advanced together (cache blocking; results do not depend on it); default
-        128 on CPU, all runs elsewhere. The runs are padded to a multiple of the groups with
-        copies of the last run, dropped at the end.
-      parallel: on CPU, split the run groups over the host devices (start the process with
-        ``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>``; the ``dlnlab`` command
-        does); results do not depend on it.
-      chunk_steps: most steps per dispatch (progress / checkpoint granularity).
+      recording: a :class:`~dlnlab.engine.Recording` (steps, observables), or just the sorted
+        steps to record (:func:`~dlnlab.engine.record_steps`; every observable).
+      layout: :class:`~dlnlab.engine.Layout` (block, run group, host devices, chunk); results
+        do not depend on it.
+      checkpoint: a :class:`~dlnlab.engine.Checkpoint` or a file path: the state and records
+        are saved there atomically every ``every_seconds``, and a matching checkpoint is resumed
+        from (bit-identical result: the randomness is counter-based). Deleted at the end.
+      progress: ``progress(done_steps, total_steps)`` after each dispatch.
+      schedule: a :class:`~dlnlab.engine.Schedule` of switches (or a sequence of them).
+      run_offset: index of the first run (for keys and the ``run`` coordinate).
       divergence_threshold: a run whose loss is non-finite or above this is labelled diverged
         at that step; the others are unaffected.
-      replacement, coupled: passed to the offline-noise and reduced observables.
-      progress: ``progress(done_steps, total_steps)`` after each dispatch.
-      checkpoint: a file; the state and records are saved there atomically every
-        ``checkpoint_every_s`` seconds, and a matching checkpoint is resumed from (bit-identical
-        result: the randomness is counter-based). Deleted when the run completes.
-      switches: ``[(step, stepper, hparams), ...]`` with increasing steps: from ``step`` on the
-        run continues with that stepper and hparams (a noise schedule, e.g. a batch-size
-        switch; the state must keep its structure and the time step must not change).
 
     Returns an ``xarray.Dataset`` with dims ``run``, ``time`` and the observables' own dims;
     ``time = step * h`` (``h`` the stepper's time step; a data variable ``elapsed`` per run when
     ``h`` differs across runs), variables ``diverged_step`` (-1 if ok) and ``status``.
+
+    Raises ``ValueError`` (one line naming the argument) for bad steps, hyperparameters, layout
+    or switches.
     """
+    recording = recording if isinstance(recording, Recording) else Recording(recording)
+    layout = Layout() if layout is None else layout
+    if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
+        checkpoint = Checkpoint(checkpoint)
+    if schedule is not None and not isinstance(schedule, Schedule):
+        schedule = Schedule(tuple(schedule))
+    schedule = Schedule() if schedule is None else schedule
+    if not isinstance(stepper, Stepper):
+        v.fail("stepper", type(stepper).__name__, "must be a dlnlab.dynamics.Stepper")
     weights = tuple(weights) if isinstance(weights, tuple | list) else (weights,)
     weights = tuple(jnp.asarray(w) for w in weights)
     num_runs = int(weights[0].shape[0])
     dtype = weights[0].dtype
-    steps = np.asarray(record_steps, dtype=np.int64).ravel()
-    if steps.size == 0 or np.any(np.diff(steps) <= 0) or steps[0] < 0:
-        v.fail("record_steps", record_steps, "must be a non-empty increasing list of steps >= 0")
-    if steps[-1] >= 2**31 - 1:
-        v.fail("record_steps", int(steps[-1]), "must be below 2^31 - 1")
-    block_steps = v.positive_int("block_steps", block_steps)
-    chunk_steps = v.positive_int("chunk_steps", chunk_steps)
-    run_group, num_devices, padded = _layout(num_runs, run_group, parallel)
+    steps = recording.steps
+    run_group, num_devices, padded = _layout(num_runs, layout.run_group, layout.parallel)
     stepper = _with_dtype(stepper, dtype)
-    switches = [(at, _with_dtype(st, dtype), hps) for at, st, hps in switches]
-    hp = _broadcast_hparams(hparams, num_runs, dtype)
-    phases = [(0, stepper, hp)]
-    for at, st, hps in switches:
-        at = int(at)
-        if at <= phases[-1][0]:
-            v.fail("switches", at, "switch steps must be increasing and > 0")
-        hps = _broadcast_hparams(hps, num_runs, dtype)
-        if not np.allclose(np.asarray(st.time_step(hps)), np.asarray(stepper.time_step(hp))):
-            v.fail("switches", at, "a switch must keep the time step (t = step * h)")
-        phases.append((at, st, hps))
+    hp = _broadcast_hparams(stepper, hparams, num_runs, dtype)
+    phases = _phases(stepper, hp, schedule, num_runs, dtype)
     keys = run_keys(key, num_runs, run_offset)
-    words = ops.key_words(keys)                                           # (2, R)
+    words = key_words(keys)                                           # (2, R)
     state = initial_state(stepper, weights)
     diverged = jnp.full((num_runs,), -1, jnp.int32)
     pad = _padder(num_runs, padded)
 
+    names = recording.observables
     # Shapes of the records from one abstract evaluation of the observer.
-    shapes = jax.eval_shape(lambda s: _observe(stepper, s, hp, replacement, coupled), state)
-    names = _observable_names(observables)
+    shapes = jax.eval_shape(lambda s: _observe(stepper, s, hp, names, recording.coupled), state)
     records = {k: np.full((num_runs, steps.size) + shapes[k].shape[1:], np.nan,
                           dtype=np.dtype(shapes[k].dtype)) for k in names}
     fingerprint = _fingerprint(phases, weights, hp, words, steps, divergence_threshold,
-                               (tuple(names), replacement, coupled, str(dtype)))
-    ckpt = Path(checkpoint) if checkpoint is not None else None
+                               (names, recording.coupled, str(dtype)))
+    ckpt = Path(checkpoint.path) if checkpoint is not None else None
     position, index = 0, 0
     if ckpt is not None and ckpt.exists():
         loaded = _load_checkpoint(ckpt, fingerprint, state, records)
@@ -355,13 +363,13 @@ def simulate(stepper: Stepper, weights, hparams: Hyperparameters, key, record_st
         while position < target:
             phase = max(i for i, p in enumerate(phases) if p[0] <= position)
             _, active, active_hp = phases[phase]
-            n = min(target - position, chunk_steps)
+            n = min(target - position, layout.chunk_steps)
             if phase + 1 < len(phases):
                 n = min(n, phases[phase + 1][0] - position)
             t0 = time.perf_counter()
             state, diverged = pad.unpad(_advance_parallel(
                 active, *pad.pad((state, diverged, words, active_hp)), jnp.int32(n),
-                block_steps=block_steps, run_group=run_group, num_devices=num_devices,
+                block_steps=layout.block_steps, run_group=run_group, num_devices=num_devices,
                 threshold=jnp.asarray(divergence_threshold, dtype)))
             jax.block_until_ready(diverged)
             elapsed = time.perf_counter() - t0
@@ -373,11 +381,11 @@ def simulate(stepper: Stepper, weights, hparams: Hyperparameters, key, record_st
             position += n
             if progress is not None:
                 progress(position, total)
-            if ckpt is not None and time.perf_counter() - last_save > checkpoint_every_s:
+            if ckpt is not None and time.perf_counter() - last_save > checkpoint.every_seconds:
                 _save_checkpoint(ckpt, fingerprint, state, diverged, position, index, records)
                 last_save = time.perf_counter()
         _, active, active_hp = [p for p in phases if p[0] <= position][-1]
-        out = _observe_jit(active, state, active_hp, replacement, coupled)
+        out = _observe_jit(active, state, active_hp, names, recording.coupled)
         for k in names:
             records[k][:, index] = np.asarray(out[k])
         index += 1
@@ -385,6 +393,32 @@ def simulate(stepper: Stepper, weights, hparams: Hyperparameters, key, record_st
         ckpt.unlink()
     return _to_dataset(stepper, records, steps, hp, np.asarray(diverged), run_offset,
                        dict(compile_s=compile_s, run_s=run_s))
+
+
+def advance_from(stepper: Stepper, weights, hparams, key, *, layout: Layout | None = None,
+                 divergence_threshold: float = DEFAULT_DIVERGENCE_THRESHOLD):
+    """The compiled advance ``simulate`` uses, without recording: returns ``advance(n)`` that
+    runs every run ``n`` steps from ``weights`` and returns ``(state, diverged_step)`` (runs on
+    the trailing axis). For benchmarks and custom drivers; same layout and numbers as
+    :func:`simulate` (``weights``: tuple of ``(num_runs, d_l, d_{l-1})``)."""
+    layout = Layout() if layout is None else layout
+    weights = tuple(jnp.asarray(w) for w in (weights if isinstance(weights, tuple | list)
+                                              else (weights,)))
+    num_runs, dtype = int(weights[0].shape[0]), weights[0].dtype
+    run_group, num_devices, padded = _layout(num_runs, layout.run_group, layout.parallel)
+    stepper = _with_dtype(stepper, dtype)
+    hp = _broadcast_hparams(stepper, hparams, num_runs, dtype)
+    words = key_words(run_keys(key, num_runs))
+    pad = _padder(num_runs, padded)
+    start = pad.pad((initial_state(stepper, weights), jnp.full((num_runs,), -1, jnp.int32), words,
+                     hp))
+    threshold = jnp.asarray(divergence_threshold, dtype)
+
+    def advance(n: int):
+        return pad.unpad(_advance_parallel(stepper, *start, jnp.int32(n),
+                                           block_steps=layout.block_steps, run_group=run_group,
+                                           num_devices=num_devices, threshold=threshold))
+    return advance
 
 
 class _padder:
@@ -404,8 +438,7 @@ class _padder:
             tail = jnp.repeat(x[..., -1:], extra, axis=-1)
             return jnp.concatenate([x, tail], axis=-1)
         state, diverged, words, hp = tree
-        state = State(jax.tree_util.tree_map(one, state.weights), state.step,
-                      jax.tree_util.tree_map(one, state.extra))
+        state = jax.tree_util.tree_map(one, _batched(state))._replace(step=state.step)
         return state, one(diverged), one(words), jax.tree_util.tree_map(one, hp)
 
     def unpad(self, tree):
@@ -413,8 +446,7 @@ class _padder:
             return tree
         state, diverged = tree
         cut = lambda x: x[..., :self.runs]                                   # noqa: E731
-        return (State(jax.tree_util.tree_map(cut, state.weights), state.step,
-                      jax.tree_util.tree_map(cut, state.extra)), cut(diverged))
+        return jax.tree_util.tree_map(cut, _batched(state))._replace(step=state.step), cut(diverged)
 
 
 def _to_dataset(stepper, records, steps, hp, diverged, run_offset, timing) -> xr.Dataset:
@@ -439,7 +471,7 @@ def _to_dataset(stepper, records, steps, hp, diverged, run_offset, timing) -> xr
     return ds
 
 
-def initial_state(stepper: Stepper, weights) -> State:
+def initial_state(stepper: Stepper, weights):
     """The runs-minor :class:`State` the engine starts from (for custom loops and tests)."""
     weights = tuple(weights) if isinstance(weights, tuple | list) else (weights,)
     return stepper.init(tuple(jnp.moveaxis(jnp.asarray(w), 0, -1) for w in weights))

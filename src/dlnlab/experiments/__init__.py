@@ -4,7 +4,6 @@ from .config import ExperimentConfig, apply_override, config_to_toml, load_confi
 from .run import (
     build_task,
     initial_weights,
-    matched_temperature,
     record_times,
     run_experiment,
     run_method,
@@ -19,7 +18,6 @@ __all__ = [
     "config_to_toml",
     "initial_weights",
     "load_config",
-    "matched_temperature",
     "record_times",
     "run_experiment",
     "run_method",

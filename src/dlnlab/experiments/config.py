@@ -4,19 +4,19 @@ Errors name the field, its value and the rule in one line (:func:`load_config`,
 :func:`apply_overrides`). Defaults are the paper's task as we read it (``dlnlab run`` without a
 config): d = 12, depth 4, rank-3 teacher s = (1, 2/3, 1/3), init variance d^-2, learning rate
 0.01, batch size 1, no label noise, horizon 100, 32 runs of GD, online SGD, the anisotropic and
-isotropic Langevin SDEs and the reduced SDE.
+isotropic Langevin SDEs and the reduced SDE. Method sections (``[sde]``, ``[isotropic]``,
+``[reduced]``, ``[gf]``, ``[momentum_sgd]``, ...) come from the method registry.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from pathlib import Path
 from typing import Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-METHOD_NAMES = ("gd", "gf", "sgd", "sde", "isotropic", "reduced")
 
 
 class _Model(BaseModel):
@@ -97,32 +97,6 @@ class TrainingConfig(_Model):
         return int(round(self.horizon / self.learning_rate))
 
 
-class SDEConfig(_Model):
-    step_size: float | None = Field(None, gt=0.0, description="EM step h; default learning rate / 10")
-    path_substeps: int = Field(1, ge=1)
-
-
-class IsotropicConfig(_Model):
-    temperature: float | Literal["matched"] = "matched"
-    step_size: float | None = Field(None, gt=0.0)
-
-    @field_validator("temperature")
-    @classmethod
-    def _t(cls, value):
-        if isinstance(value, float) and value < 0:
-            raise ValueError("must be >= 0 or 'matched'")
-        return value
-
-
-class ReducedConfig(_Model):
-    coupled: bool = True
-    step_size: float | None = Field(None, gt=0.0)
-
-
-class GradientFlowConfig(_Model):
-    step_size: float | None = Field(None, gt=0.0, description="RK4 step; default the learning rate")
-
-
 class RecordConfig(_Model):
     points: int = Field(200, ge=2)
     spacing: Literal["linear", "log"] = "linear"
@@ -133,7 +107,7 @@ class RecordConfig(_Model):
     def _variables(cls, value):
         if value is None:
             return value
-        from ..engine.observables import OBSERVABLE_DIMS
+        from ..dynamics.observers import OBSERVABLE_DIMS
 
         for name in value:
             if name not in OBSERVABLE_DIMS:
@@ -143,58 +117,90 @@ class RecordConfig(_Model):
         return value
 
 
-class ExperimentConfig(_Model):
+class _ExperimentBase(_Model):
     name: str = "default"
     seed: int = Field(0, ge=0)
     runs: int = Field(32, ge=1)
     dtype: Literal["float32", "float64"] = "float32"
-    methods: list[Literal["gd", "gf", "sgd", "sde", "isotropic", "reduced"]] = Field(
-        default_factory=lambda: ["gd", "sgd", "sde", "isotropic", "reduced"])
+    methods: list[str] = Field(default_factory=lambda: ["gd", "sgd", "sde", "isotropic", "reduced"],
+                               description="registered method names (dlnlab.dynamics.registry)")
     task: TaskConfig = Field(default_factory=TaskConfig)
     init: InitConfig = Field(default_factory=InitConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
-    sde: SDEConfig = Field(default_factory=SDEConfig)
-    isotropic: IsotropicConfig = Field(default_factory=IsotropicConfig)
-    reduced: ReducedConfig = Field(default_factory=ReducedConfig)
-    gf: GradientFlowConfig = Field(default_factory=GradientFlowConfig)
     record: RecordConfig = Field(default_factory=RecordConfig)
     divergence_threshold: float = Field(1e8, gt=0.0)
 
     @field_validator("methods")
     @classmethod
     def _methods(cls, value):
+        from ..dynamics.registry import method_names
+
         if not value:
             raise ValueError("needs at least one method")
         if len(set(value)) != len(value):
             raise ValueError("methods must not repeat")
+        for name in value:
+            if name not in method_names():
+                raise ValueError(f"methods={name!r}: unknown method; one of "
+                                 f"{', '.join(method_names())}")
         return value
 
     @model_validator(mode="after")
     def _consistency(self):
-        if "reduced" in self.methods and self.task.num_samples:
-            raise ValueError("methods: 'reduced' models online SGD; remove it for a data set "
-                             "(task.num_samples > 0)")
+        from ..dynamics.registry import get_method
+
+        for name in self.methods:
+            if get_method(name).online_only and self.task.num_samples:
+                raise ValueError(f"methods: {name!r} models online SGD; remove it for a data set "
+                                 "(task.num_samples > 0)")
         if self.task.num_samples and not self.training.replacement:
             if self.training.batch_size > self.task.num_samples:
                 raise ValueError("training.batch_size: must be <= task.num_samples without "
                                  "replacement")
         lr = self.training.learning_rate
-        for section in ("sde", "isotropic", "reduced", "gf"):
-            h = getattr(self, section).step_size
+        for method in _sectioned_methods():
+            h = getattr(getattr(self, method.name), "step_size", None)
             if h is not None and abs(lr / h - round(lr / h)) > 1e-9 * lr / h:
-                raise ValueError(f"{section}.step_size: must divide the learning rate {lr} "
+                raise ValueError(f"{method.name}.step_size: must divide the learning rate {lr} "
                                  "(records are taken at times on the learning-rate grid)")
         return self
 
+    def settings(self, method: str, batch_size: int | None = None):
+        """The :class:`~dlnlab.dynamics.MethodSettings` of ``method`` in this experiment (with
+        another ``batch_size`` for a schedule switch)."""
+        from ..dynamics.method import MethodSettings
+        from ..dynamics.registry import get_method
+
+        record = get_method(method)
+        section = getattr(self, method) if record.section is not None else None
+        settings = MethodSettings(self.training.learning_rate,
+                                  self.training.batch_size if batch_size is None else batch_size,
+                                  self.training.replacement, self.task.widths, section)
+        return dataclasses.replace(settings, step_size=record.step_size(settings))
+
     def step_size(self, method: str) -> float:
         """Time per step ``h`` of a method (``t = step * h``)."""
-        lr = self.training.learning_rate
-        if method in ("gd", "sgd"):
-            return lr
-        if method == "gf":   # RK4: the learning rate is already accurate to ~(4 s h)^4
-            return self.gf.step_size if self.gf.step_size is not None else lr
-        section = {"sde": self.sde, "isotropic": self.isotropic, "reduced": self.reduced}[method]
-        return section.step_size if section.step_size is not None else lr / 10
+        return self.settings(method).step_size
+
+
+def _sectioned_methods():
+    from ..dynamics.registry import METHODS
+
+    return [m for m in METHODS if m.section is not None]
+
+
+def _build_experiment_config():
+    """``ExperimentConfig``: the fixed sections plus one section per registered method that has
+    one (named after the method), so a new method's options need no edit here."""
+    fields = {m.name: (m.section, Field(default_factory=m.section)) for m in _sectioned_methods()}
+    model = pydantic.create_model("ExperimentConfig", __base__=_ExperimentBase,
+                                  __module__=__name__, **fields)
+    model.__doc__ = ("An experiment: task, init, training, recording, the methods to run and "
+                     "each method's section (TOML tables named after the methods).")
+    return model
+
+
+ExperimentConfig = _build_experiment_config()
 
 
 def _format_error(error: pydantic.ValidationError) -> str:

@@ -10,7 +10,6 @@ through the cross modes the closure drops.
 
 from __future__ import annotations
 
-import math
 import platform
 import time
 from collections.abc import Callable
@@ -21,34 +20,17 @@ import numpy as np
 import xarray as xr
 
 from .. import __version__
+from ..analysis.events import learning_events
 from ..core import modes as core_modes
-from ..core.noise import noise_trace
 from ..core.task import Task
 from ..core.weights import init_aligned, init_balanced, init_gaussian
-from ..dynamics import (
-    AnisotropicLangevin,
-    GradientDescent,
-    GradientFlow,
-    Hyperparameters,
-    IsotropicLangevin,
-    OfflineSGD,
-    OnlineSGD,
-    ReducedSDE,
-)
-from ..engine import run_keys, simulate, steps_for_times
+from ..dynamics.registry import get_method
+from ..engine import Recording, Schedule, run_keys, simulate, steps_for_times
 from ..theory.gradient_flow import gradient_flow_curve
 from ..theory.peak import diffusion_peak
+from ..theory.reduced import reduced_diffusion
 from ..theory.stationary import stationary_moments
 from .config import ExperimentConfig, config_to_toml
-
-METHOD_LABELS = {
-    "gd": "GD",
-    "gf": "gradient flow",
-    "sgd": "SGD",
-    "sde": "anisotropic SDE",
-    "isotropic": "isotropic SDE",
-    "reduced": "reduced SDE",
-}
 
 # Sub-keys of the root seed: one stream per purpose.
 _TASK, _INIT, _NOISE, _DATA = 0, 1, 2, 3
@@ -97,67 +79,42 @@ def record_times(config: ExperimentConfig) -> np.ndarray:
     return steps * lr
 
 
-def matched_temperature(weights, task: Task, learning_rate: float, batch_size: int,
-                        replacement: bool = True) -> float:
-    """``T = eta tr Sigma(theta_ref) / (2 B P)`` averaged over runs at their initial weights
-    (THEORY §4): the isotropic noise with the anisotropic model's mean per-parameter variance."""
-    traces = jax.vmap(lambda w: noise_trace(w, task, batch_size, replacement))(weights)
-    num_params = sum(int(np.prod(w.shape[1:])) for w in weights)
-    return float(learning_rate * jnp.mean(traces) / (2 * num_params))
-
-
-def _stepper(config: ExperimentConfig, method: str, task: Task, batch_size: int):
-    training = config.training
-    if method == "gd":
-        return GradientDescent(task)
-    if method == "gf":
-        return GradientFlow(task)
-    if method == "sgd":
-        if task.online:
-            return OnlineSGD(task, batch_size=batch_size)
-        return OfflineSGD(task, batch_size=batch_size, replacement=training.replacement)
-    if method == "sde":
-        return AnisotropicLangevin(task, path_substeps=config.sde.path_substeps,
-                                   replacement=training.replacement)
-    if method == "isotropic":
-        return IsotropicLangevin(task, widths=config.task.widths)
-    if method == "reduced":
-        return ReducedSDE(task, depth=config.task.depth, coupled=config.reduced.coupled)
-    raise ValueError(f"method={method!r}: unknown")
-
-
 def run_method(config: ExperimentConfig, method: str, task: Task, weights, times, *,
                progress: Callable[[int, int], None] | None = None, checkpoint=None,
-               temperature: float = 0.0) -> xr.Dataset:
-    """Simulate one method for every run; records at ``times``."""
-    training = config.training
-    h = config.step_size(method)
+               prepared: dict | None = None) -> xr.Dataset:
+    """Simulate one registered method for every run; records at ``times``.
+
+    ``prepared``: the method's host-side preparation (:attr:`Method.prepare`, e.g. the matched
+    isotropic temperature); computed here when not given.
+    """
+    record = get_method(method)
+    settings = config.settings(method)
+    if prepared is None:
+        prepared = record.prepare(weights, task, settings)
+    h = settings.step_size
     steps = steps_for_times(times, h)
-    hp = Hyperparameters(training.learning_rate, float(training.batch_size), h, temperature)
-    start = weights
-    if method == "reduced":
-        amps = jax.vmap(lambda w: core_modes.mode_amplitudes(w, task))(weights)
-        start = (jnp.abs(amps),)
+    hp = record.hyperparameters(settings, prepared)
     switches = []
-    for switch in training.schedule:
-        at = int(steps_for_times([switch.time], training.learning_rate)[0]
-                 * round(training.learning_rate / h))
-        switches.append((at, _stepper(config, method, task, switch.batch_size),
-                         hp._replace(batch_size=float(switch.batch_size))))
-    ds = simulate(_stepper(config, method, task, training.batch_size), start, hp,
-                  jax.random.fold_in(jax.random.key(config.seed), _NOISE), steps,
-                  divergence_threshold=config.divergence_threshold,
-                  replacement=training.replacement, coupled=config.reduced.coupled,
-                  progress=progress, checkpoint=checkpoint, switches=switches,
-                  observables=(True if config.record.variables is None
-                               else list(config.record.variables)))
+    for switch in config.training.schedule:
+        at = int(steps_for_times([switch.time], config.training.learning_rate)[0]
+                 * round(config.training.learning_rate / h))
+        switched = config.settings(method, batch_size=switch.batch_size)
+        switches.append((at, record.build(task, switched), record.hyperparameters(switched, prepared)))
+    recording = Recording(steps, observables=config.record.variables,
+                          coupled=getattr(config, "reduced", None) is None or config.reduced.coupled)
+    ds = simulate(record.build(task, settings), record.start(weights, task), hp,
+                  jax.random.fold_in(jax.random.key(config.seed), _NOISE), recording,
+                  divergence_threshold=config.divergence_threshold, progress=progress,
+                  checkpoint=checkpoint, schedule=Schedule(tuple(switches)))
     ds = ds.assign_coords(time=np.asarray(times, dtype=np.float64))
     return ds.reset_coords("step")
 
 
 def theory_overlays(config: ExperimentConfig, task: Task, weights, times) -> xr.Dataset:
     """Theory beside the simulation: spectrum, gradient-flow curves from the runs' mean initial
-    amplitude, predicted diffusion-peak amplitudes (§7), stationary moments (§8, label noise)."""
+    amplitude, predicted diffusion-peak amplitudes (§7), the aligned-balanced diffusion formula
+    ``D(a)`` on a grid of ``a / s`` in [0, 1.05] (§6), stationary moments (§8, label noise).
+    Figures draw only these variables (``plot/`` never evaluates theory)."""
     r = int(task.spectrum.shape[0])
     s = np.asarray(task.spectrum, dtype=np.float64)
     depth = config.task.depth
@@ -170,6 +127,8 @@ def theory_overlays(config: ExperimentConfig, task: Task, weights, times) -> xr.
     stat_mean = np.full(r, np.nan)
     stat_var = np.full(r, np.nan)
     live = np.flatnonzero(s > 0)
+    fractions = np.linspace(0.0, 1.05, 200)
+    formula = np.full((r, fractions.size), np.nan)
     if live.size:
         grid = np.asarray(times, dtype=np.float64)
         a_start = np.minimum(a0[live], 0.5 * s[live])
@@ -178,6 +137,9 @@ def theory_overlays(config: ExperimentConfig, task: Task, weights, times) -> xr.
         if task.whitened and task.online:
             p = diffusion_peak(s[live], depth, sigma)
             peak[live] = np.where(np.asarray(p.exists), np.asarray(p.amplitude), np.nan)
+            for a in live:
+                formula[a] = np.asarray(reduced_diffusion(fractions * s[a], s[a], depth, lr, batch,
+                                                          sigma))
             if sigma > 0 and depth >= 1:
                 m = stationary_moments(s[live], depth, lr, batch, sigma)
                 stat_mean[live] = np.asarray(m.mean)
@@ -189,7 +151,8 @@ def theory_overlays(config: ExperimentConfig, task: Task, weights, times) -> xr.
         "theory_peak_amplitude": ("mode", peak),
         "theory_stationary_mean": ("mode", stat_mean),
         "theory_stationary_variance": ("mode", stat_var),
-    }, coords={"time": np.asarray(times, dtype=np.float64)})
+        "theory_diffusion_formula": (("mode", "normalised_amplitude"), formula),
+    }, coords={"time": np.asarray(times, dtype=np.float64), "normalised_amplitude": fractions})
 
 
 def provenance(config: ExperimentConfig) -> dict:
@@ -222,7 +185,7 @@ def run_experiment(config: ExperimentConfig, *, progress_factory=None, checkpoin
     finished method's dataset is saved there and reused on a rerun (an interrupted experiment
     restarts at the method it was in).
     """
-    from ..io.rundir import atomic_write_dataset
+    from ..io.atomic import atomic_write_dataset
 
     if config.dtype == "float64" and not jax.config.jax_enable_x64:
         raise ValueError("dtype='float64': enable x64 first (jax.config.update('jax_enable_x64', True)); "
@@ -230,12 +193,7 @@ def run_experiment(config: ExperimentConfig, *, progress_factory=None, checkpoin
     task = build_task(config)
     weights = initial_weights(config, task=task)
     times = record_times(config)
-    temperature = 0.0
-    if "isotropic" in config.methods:
-        temperature = (matched_temperature(weights, task, config.training.learning_rate,
-                                           config.training.batch_size, config.training.replacement)
-                       if config.isotropic.temperature == "matched"
-                       else float(config.isotropic.temperature))
+    prepared = {m: get_method(m).prepare(weights, task, config.settings(m)) for m in config.methods}
     parts, timings = [], {}
     for method in config.methods:
         partial = None if partial_dir is None else partial_dir / f"{method}.nc"
@@ -248,7 +206,7 @@ def run_experiment(config: ExperimentConfig, *, progress_factory=None, checkpoin
         ckpt = None if checkpoint_dir is None else checkpoint_dir / f"{method}.npz"
         t0 = time.perf_counter()
         ds = run_method(config, method, task, weights, times, progress=progress, checkpoint=ckpt,
-                        temperature=temperature)
+                        prepared=prepared[method])
         ds.attrs["wall_seconds"] = time.perf_counter() - t0
         timings[method] = ds.attrs["wall_seconds"]
         if partial is not None:
@@ -259,10 +217,10 @@ def run_experiment(config: ExperimentConfig, *, progress_factory=None, checkpoin
             ds.attrs.pop(key, None)
     data = xr.concat(parts, dim="method", coords="minimal", compat="override", join="outer")
     data = data.assign_coords(method=list(config.methods),
-                              method_label=("method", [METHOD_LABELS[m] for m in config.methods]),
+                              method_label=("method", [get_method(m).label for m in config.methods]),
                               step_size=("method", [config.step_size(m) for m in config.methods]))
     data = data.merge(theory_overlays(config, task, weights, times))
-    data["isotropic_temperature"] = temperature
+    data["isotropic_temperature"] = float(prepared.get("isotropic", {}).get("temperature", 0.0))
     data.attrs.update(provenance(config))
     data.attrs.update(learning_rate=config.training.learning_rate,
                       batch_size=config.training.batch_size, label_noise=config.task.label_noise,
@@ -273,71 +231,48 @@ def run_experiment(config: ExperimentConfig, *, progress_factory=None, checkpoin
     return data
 
 
-def _first_crossing(times, values, level):
-    """First time ``values >= level`` (linear interpolation between records); NaN if never."""
-    above = values >= level
-    if not above.any():
-        return math.nan
-    i = int(np.argmax(above))
-    if i == 0:
-        return float(times[0])
-    t0, t1, v0, v1 = times[i - 1], times[i], values[i - 1], values[i]
-    return float(t0 + (level - v0) * (t1 - t0) / (v1 - v0)) if v1 != v0 else float(t1)
-
-
 def summarise(data: xr.Dataset) -> dict:
-    """Per method and mode (teacher modes with ``s > 0``): median over runs of the time to reach
-    half and 90% of ``s``, time and amplitude of the observed diffusion peak (the maximum of
-    ``D_a`` before ``a`` first reaches ``s``), the predicted peak amplitude, runs that diverged."""
-    times = data.time.values
+    """Per method and mode (teacher modes with ``s > 0``), from the one learning-event rule
+    (:func:`dlnlab.analysis.learning_events`): median over runs of the time to reach half and
+    90% of ``s`` (NaN for a run that never did), time and amplitude of the observed diffusion
+    peak (the maximum of ``D_a`` up to the first record where ``a >= s``) over the runs that
+    learned the mode (reached 0.9 s), the predicted peak amplitude, runs that diverged."""
     s = data.spectrum.values
     modes = [int(a) for a in np.flatnonzero(s > 0)]
     out = {"methods": {}}
+
+    def med(x):
+        x = np.asarray(x, dtype=float)
+        return float(np.nanmedian(x)) if x.size and np.any(np.isfinite(x)) else None
+
     for index, method in enumerate(data.method.values):
         d = data.isel(method=index)   # (`sel(method=...)` would be sel's own `method` argument)
-        amp = d.amplitude.transpose("run", "time", "mode").values
-        diff = d.diffusion.transpose("run", "time", "mode").values
+        events = learning_events(d).transpose("run", "mode")
         rows = []
         for a in modes:
-            half, ninety, t_peak, a_peak = [], [], [], []
-            for run in range(amp.shape[0]):
-                series = amp[run, :, a]
-                if not np.all(np.isfinite(series)):
-                    continue
-                half.append(_first_crossing(times, series, 0.5 * s[a]))
-                ninety.append(_first_crossing(times, series, 0.9 * s[a]))
-                reach = np.flatnonzero(series >= s[a])
-                stop = reach[0] + 1 if reach.size else len(times)
-                dd = diff[run, :stop, a]
-                # A peak is "observed" only for a mode that was learned (reached 0.9 s).
-                if np.isfinite(ninety[-1]) and np.any(np.isfinite(dd)):
-                    k = int(np.nanargmax(dd))
-                    t_peak.append(float(times[k]))
-                    a_peak.append(float(series[k]))
-
-            def med(x):
-                x = np.asarray(x, dtype=float)
-                return float(np.nanmedian(x)) if x.size and np.any(np.isfinite(x)) else None
-
+            half = events.t_half.values[:, a]
+            ninety = events.t_90.values[:, a]
+            learned = np.isfinite(ninety)
             rows.append({
                 "mode": a + 1,
                 "s": float(s[a]),
                 "t_half": med(half),
                 "t_90": med(ninety),
-                "t_peak": med(t_peak),
-                "a_peak_observed": med(a_peak),
+                "t_peak": med(events.t_peak.values[learned, a]),
+                "a_peak_observed": med(events.a_at_peak.values[learned, a]),
                 "a_peak_predicted": (None if not np.isfinite(data.theory_peak_amplitude.values[a])
                                      else float(data.theory_peak_amplitude.values[a])),
-                "runs_reaching_90": int(np.sum(np.isfinite(ninety))),
+                "runs_reaching_90": int(np.sum(learned)),
             })
         status = d.status.values
         diverged = [{"run": int(r), "step": int(k)} for r, k in
                     zip(d.run.values, d.diverged_step.values, strict=True) if k >= 0]
+        final = d.loss.transpose("run", "time").values[:, -1]
         out["methods"][str(method)] = {
             "label": str(d.method_label.values),
             "runs": int(status.size),
             "diverged": diverged,
-            "final_loss_median": float(np.nanmedian(d.loss.transpose("run", "time").values[:, -1])),
+            "final_loss_median": float(np.nanmedian(final)) if np.any(np.isfinite(final)) else None,
             "modes": rows,
         }
     return out

@@ -1,15 +1,18 @@
-"""Experiment figures: mode amplitudes, modewise diffusion, loss (simulation solid, theory dashed)."""
+"""Experiment figures: mode amplitudes, modewise diffusion, loss (simulation solid, theory dashed).
+
+Figures are ``matplotlib.figure.Figure`` objects (no pyplot state, no backend switch): they draw
+the dataset's variables only, theory overlays included (``theory_*``, written by
+``dlnlab.experiments.run.theory_overlays``); nothing here evaluates theory.
+"""
 
 from __future__ import annotations
 
 import math
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import xarray as xr  # noqa: E402
+import matplotlib as mpl
+import numpy as np
+import xarray as xr
+from matplotlib.figure import Figure
 
 TIME_LABEL = "t = step × learning rate"
 
@@ -21,8 +24,8 @@ def _live_modes(ds: xr.Dataset) -> list[int]:
 def _grid(n: int):
     cols = min(n, 3)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.5 * rows), squeeze=False,
-                             sharex=True)
+    fig = Figure(figsize=(4.6 * cols, 3.5 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False, sharex=True)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     for ax in axes.flat[:n]:
@@ -36,7 +39,7 @@ def amplitude_figure(ds: xr.Dataset):
     modes = _live_modes(ds)
     fig, axes = _grid(ds.sizes["method"])
     t = ds.time.values
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = mpl.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, ax in enumerate(axes):
         d = ds.isel(method=index)   # (`sel(method=...)` would be sel's own `method` argument)
         for i, a in enumerate(modes):
@@ -60,17 +63,13 @@ def amplitude_figure(ds: xr.Dataset):
 
 def diffusion_figure(ds: xr.Dataset, max_runs: int = 12):
     """Exact modewise diffusion ``D_a`` against the normalised amplitude ``a / s``, one thin line
-    per run (runs learn at different times, so per-run paths, not medians), the reduced formula
-    ``D(a)`` of THEORY §6 on a grid (dashed) and the predicted peak amplitude (dotted, §7)."""
-    from ..theory.reduced import reduced_diffusion
-
+    per run (runs learn at different times, so per-run paths, not medians), the dataset's
+    ``theory_diffusion_formula`` (the aligned-balanced ``D(a)`` of docs/theory.md §6, dashed) and
+    the predicted peak amplitude (dotted, §7)."""
     modes = _live_modes(ds)
     fig, axes = _grid(ds.sizes["method"])
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    depth = ds.sizes["layer"]
-    lr = float(ds.attrs.get("learning_rate", np.nan))
-    batch = float(ds.attrs.get("batch_size", np.nan))
-    sigma = float(ds.attrs.get("label_noise", 0.0))
+    colors = mpl.rcParams["axes.prop_cycle"].by_key()["color"]
+    formula = ds.get("theory_diffusion_formula")
     for index, ax in enumerate(axes):
         d = ds.isel(method=index)
         for i, a in enumerate(modes):
@@ -81,10 +80,9 @@ def diffusion_figure(ds: xr.Dataset, max_runs: int = 12):
             for run in range(min(max_runs, amp.shape[0])):
                 ax.plot(amp[run] / s, diff[run], color=c, lw=0.7, alpha=0.35,
                         label=f"mode {a + 1}" if run == 0 else None)
-            if np.isfinite(lr) and np.isfinite(batch):
-                grid = np.linspace(0.0, 1.05 * s, 200)
-                theory = np.asarray(reduced_diffusion(grid, s, depth, lr, batch, sigma))
-                ax.plot(grid / s, theory, color=c, ls="--", lw=1.3)
+            if formula is not None and np.any(np.isfinite(formula.isel(mode=a).values)):
+                ax.plot(ds.normalised_amplitude.values, formula.isel(mode=a).values, color=c,
+                        ls="--", lw=1.3)
             peak = ds.theory_peak_amplitude.values[a]
             if np.isfinite(peak):
                 ax.axvline(peak / s, color=c, ls=":", lw=1.2)
@@ -102,7 +100,8 @@ def diffusion_figure(ds: xr.Dataset, max_runs: int = 12):
 
 def loss_figure(ds: xr.Dataset):
     """Training loss over time, median over runs per method (log scale)."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     t = ds.time.values
     for index in range(ds.sizes["method"]):
         d = ds.isel(method=index)

@@ -20,8 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _validation as v
-
-Array = jax.Array
+from .._types import Array
 
 _GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(12)
 

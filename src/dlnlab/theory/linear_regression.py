@@ -23,15 +23,13 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 
 from .. import _validation as v
+from .._types import Array
 from ..core.loss import data_moments
 from ..core.noise import noise_covariance
 from ..core.task import Task
-
-Array = jax.Array
 
 
 class LyapunovSolution(NamedTuple):

@@ -15,14 +15,12 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy.optimize import brentq
 
 from .. import _validation as v
-
-Array = jax.Array
+from .._types import Array
 
 
 class DiffusionPeak(NamedTuple):

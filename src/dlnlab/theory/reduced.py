@@ -16,12 +16,10 @@ mode is at rest (``a_b = 0``) or learned without label noise (``delta_b = 0``).
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from .. import _validation as v
-
-Array = jax.Array
+from .._types import Array
 
 
 def _power(x: Array, exponent: float) -> Array:

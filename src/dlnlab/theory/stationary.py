@@ -26,9 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _validation as v
+from .._types import Array
 from .reduced import reduced_diffusion, reduced_drift
-
-Array = jax.Array
 
 
 class StationaryMoments(NamedTuple):

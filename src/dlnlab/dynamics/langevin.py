@@ -1,0 +1,224 @@
+"""Langevin SDEs by Euler-Maruyama: the anisotropic SDE of SGD (exact structured noise) and
+isotropic Langevin."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from pydantic import Field, field_validator
+
+from .. import _validation as v
+from ..core.noise import noise_trace
+from . import _ops as ops
+from .base import Info, State, Stepper, cast, dtype_of
+from .gd import StepSizeHyperparameters, section_step_size
+from .method import ConformanceCase, Method, MethodSettings, Section
+
+
+class IsotropicHyperparameters(NamedTuple):
+    """Hyperparameters of isotropic Langevin: those of :class:`StepSizeHyperparameters` and the
+    ``temperature`` ``T`` (noise ``sqrt(2 T h) z`` per step)."""
+    learning_rate: Any
+    batch_size: Any = 1.0
+    step_size: Any = None
+    temperature: Any = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class AnisotropicLangevin(Stepper):
+    """Euler-Maruyama for ``d theta = -grad L dt + sqrt(eta/B) Sigma^{1/2} dW`` (SGD paper eq. 1).
+
+    ``theta <- theta - h grad L + sqrt(eta/B) xi(dW)`` with the exact structured noise map
+    ``xi_l = A_l^T R~(dW) B_l^T`` (docs/theory.md §3), linear in the Brownian increment ``dW``
+    of the standard normals. ``path_substeps = m``: the increment of one step is the sum of
+    ``m`` increments of a fine grid ``h / m`` (counters ``n m .. n m + m - 1``), so runs with
+    ``(h, m)`` and ``(h / 2, m / 2)`` follow the same Brownian path (convergence studies).
+    ``replacement`` picks the offline batch factor.
+    """
+    path_substeps: int = 1
+    name: ClassVar[str] = "sde"
+    uses_step_size: ClassVar[bool] = True
+    hyperparameters_type: ClassVar[type] = StepSizeHyperparameters
+
+    def __post_init__(self):
+        v.positive_int("path_substeps", self.path_substeps)
+
+    def noise_shapes(self):
+        task = self.task
+        if not task.online:
+            return ((task.data.num_samples,),)
+        shapes = [(task.d_in, task.d_in)]
+        if task.label_covariance is not None:
+            shapes.append((task.d_out, task.d_in))
+        return tuple(shapes)
+
+    def draw(self, words, steps, dtype):
+        """Brownian increments of the steps in units of ``sqrt(h)``: standard normals."""
+        total = sum(math.prod(s) for s in self.noise_shapes())
+        m = self.path_substeps
+        if m == 1:
+            return ops.counter_normals(words, steps, (total,), dtype)
+        steps = jnp.asarray(steps)
+        fine = steps[..., None] * m + jnp.arange(m, dtype=steps.dtype)
+        z = jnp.sum(ops.counter_normals(words, fine, (total,), dtype), axis=steps.ndim)
+        return z / math.sqrt(m)
+
+    def _split(self, z):
+        out, offset = [], 0
+        for shape in self.noise_shapes():
+            size = math.prod(shape)
+            out.append(z[offset:offset + size].reshape(shape + z.shape[1:]))
+            offset += size
+        return out
+
+    def _batch_factor(self, hparams, dtype):
+        b = cast(hparams.batch_size, dtype)
+        if self.task.online or self.replacement:
+            return 1.0 / b
+        n = self.task.data.num_samples
+        return (n - b) / (b * (n - 1))
+
+    def apply(self, words, z, state, hparams):
+        dtype = dtype_of(state)
+        task = self.task
+        h = cast(self.time_step(hparams), dtype)
+        scale = jnp.sqrt(h * cast(hparams.learning_rate, dtype) * self._batch_factor(hparams, dtype))
+        weights = state.weights
+        rights, end = ops.prefix_products(weights)
+        g, d, loss = ops.error_and_loss(task, self._moments(), end)
+        normals = self._split(z)
+        if task.online:
+            z = normals[0]
+            gt = (z + ops.mT(z)) * math.sqrt(0.5)
+            if task.whitened:
+                r = ops.mm(d, gt)
+                if task.label_covariance is not None:
+                    r = r - ops.mm(task.label_sqrt, normals[1])
+            else:
+                root = task.input_sqrt
+                r = ops.mm(ops.mm(ops.mm(d, root), gt), root)
+                if task.label_covariance is not None:
+                    r = r - ops.mm(ops.mm(task.label_sqrt, normals[1]), root)
+        else:
+            w = normals[0]                                        # (n, *R)
+            x, y = task.data
+            residual = ops.mm(end, x.T) - ops.lift(y.T, end.ndim)     # (d_out, n, *R)
+            r = (ops.mm(residual * w[None], x) - jnp.sum(w, axis=0) * g)
+            r = r / math.sqrt(task.data.num_samples)
+        q = h * g + scale * r
+        weights = ops.subtract(weights, ops.layer_maps(weights, rights, q))
+        return State(weights, state.step + 1), Info(loss)
+
+
+@dataclasses.dataclass(frozen=True)
+class IsotropicLangevin(Stepper):
+    """Euler-Maruyama for ``d theta = -grad L dt + sqrt(2 T) dW``:
+    ``theta <- theta - h grad L + sqrt(2 T h) z`` (``T`` = ``hparams.temperature``)."""
+    widths: tuple = ()
+    name: ClassVar[str] = "isotropic"
+    uses_step_size: ClassVar[bool] = True
+    hyperparameters_type: ClassVar[type] = IsotropicHyperparameters
+
+    def __post_init__(self):
+        if len(self.widths) < 2 or self.widths[0] != self.task.d_in or self.widths[-1] != self.task.d_out:
+            v.fail("widths", self.widths,
+                   f"must be (d_in={self.task.d_in}, ..., d_out={self.task.d_out}): the noise "
+                   "has one normal per weight")
+
+    def draw(self, words, steps, dtype):
+        size = sum(w_out * w_in for w_in, w_out in zip(self.widths[:-1], self.widths[1:], strict=True))
+        return ops.counter_normals(words, steps, (size,), dtype)
+
+    def apply(self, words, z, state, hparams):
+        dtype = dtype_of(state)
+        h = cast(self.time_step(hparams), dtype)
+        scale = jnp.sqrt(2 * cast(hparams.temperature, dtype) * h)
+        grads, loss = self.gradient_and_loss(state.weights)
+        new, offset = [], 0
+        for w, g in zip(state.weights, grads, strict=True):
+            size = w.shape[0] * w.shape[1]
+            noise = z[offset:offset + size].reshape(w.shape)
+            new.append(w - h * g + scale * noise)
+            offset += size
+        return State(tuple(new), state.step + 1), Info(loss)
+
+
+# ------------------------------------------------------------------------ registry records
+class AnisotropicSection(Section):
+    step_size: float | None = Field(None, gt=0.0, description="EM step h; default learning rate / 10")
+    path_substeps: int = Field(1, ge=1, description="Brownian-path substeps m (convergence studies)")
+
+
+class IsotropicSection(Section):
+    temperature: float | Literal["matched"] = Field(
+        "matched", description="T, or 'matched': eta tr Sigma / (2 B P) at the initial weights")
+    step_size: float | None = Field(None, gt=0.0, description="EM step h; default learning rate / 10")
+
+    @field_validator("temperature")
+    @classmethod
+    def _t(cls, value):
+        if isinstance(value, float) and value < 0:
+            raise ValueError("must be >= 0 or 'matched'")
+        return value
+
+
+def matched_temperature(weights, task, learning_rate: float, batch_size: int,
+                        replacement: bool = True) -> float:
+    """``T = eta tr Sigma(theta_ref) / (2 B P)`` averaged over runs at their initial weights
+    ``(runs, d_l, d_{l-1})`` (docs/theory.md §4): the isotropic noise with the anisotropic
+    model's mean per-parameter variance."""
+    traces = jax.vmap(lambda w: noise_trace(w, task, batch_size, replacement))(weights)
+    num_params = sum(int(np.prod(w.shape[1:])) for w in weights)
+    return float(learning_rate * jnp.mean(traces) / (2 * num_params))
+
+
+def _prepare_isotropic(weights, task, settings: MethodSettings) -> dict:
+    temperature = settings.section.temperature
+    if temperature == "matched":
+        temperature = matched_temperature(weights, task, settings.learning_rate,
+                                          settings.batch_size, settings.replacement)
+    return {"temperature": float(temperature)}
+
+
+def _isotropic_hyperparameters(settings: MethodSettings, prepared: dict):
+    return IsotropicHyperparameters(settings.learning_rate, float(settings.batch_size),
+                                    settings.step_size, prepared.get("temperature", 0.0))
+
+
+ANISOTROPIC = Method(
+    name="sde", label="anisotropic SDE", colour="tab:green",
+    build=lambda task, s: AnisotropicLangevin(task, replacement=s.replacement,
+                                              path_substeps=s.section.path_substeps),
+    hyperparameters=lambda s, prepared: StepSizeHyperparameters(
+        s.learning_rate, float(s.batch_size), s.step_size),
+    section=AnisotropicSection, step_size=section_step_size(0.1),
+    conformance=(
+        ConformanceCase("sde_online", "white_noise", lambda t: AnisotropicLangevin(t),
+                        dict(learning_rate=0.1, step_size=0.05)),
+        ConformanceCase("sde_online_substeps4", "white_noise",
+                        lambda t: AnisotropicLangevin(t, path_substeps=4),
+                        dict(learning_rate=0.1, step_size=0.05)),
+        ConformanceCase("sde_colored", "colored_noise", lambda t: AnisotropicLangevin(t),
+                        dict(learning_rate=0.1, batch_size=2.0)),
+        ConformanceCase("sde_offline", "offline", lambda t: AnisotropicLangevin(t),
+                        dict(learning_rate=0.1, step_size=0.05)),
+        ConformanceCase("sde_offline_epochs_substeps4", "offline",
+                        lambda t: AnisotropicLangevin(t, path_substeps=4, replacement=False),
+                        dict(learning_rate=0.1, batch_size=2.0, step_size=0.05)),
+    ))
+
+ISOTROPIC = Method(
+    name="isotropic", label="isotropic SDE", colour="tab:purple",
+    build=lambda task, s: IsotropicLangevin(task, replacement=s.replacement, widths=s.widths),
+    hyperparameters=_isotropic_hyperparameters, section=IsotropicSection,
+    step_size=section_step_size(0.1), prepare=_prepare_isotropic,
+    conformance=(
+        ConformanceCase("isotropic", "white_noise",
+                        lambda t: IsotropicLangevin(t, widths=(t.d_in, 4, t.d_out)),
+                        dict(learning_rate=0.1, step_size=0.05, temperature=0.1)),
+    ))
