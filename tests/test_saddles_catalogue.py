@@ -14,9 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import typer
+import xarray as xr
 
 import dlnlab as d
 from dlnlab import saddles as sd
+from dlnlab.io import atomic_write_dataset, read_dataset
 from dlnlab.saddles.cli import saddles_app
 
 
@@ -61,10 +63,12 @@ def test_cli_sample_certify_escape(tmp_path, capsys):
     run("sample", "--out", out, "--widths", "3,4,3", "--spectrum", "2,1,0.5", "--ranks", "1",
         "--chains", "2", "--exact", "1", "--steps", "100", "--quench-steps", "100",
         "--refine-iterations", "30", "--seed", "3")
-    points = sd.read_dataset(os.path.join(out, "points.nc"))
+    points = sd.read_catalogue(os.path.join(out, "points.nc"))
     assert points.sizes["point"] == 3 and points.attrs["seed"] == 3
+    assert sd.load_config(sd.SampleConfig, os.path.join(out, "config.toml")).seed == 3
     run("certify", "--out", out)
-    cat = sd.read_dataset(os.path.join(out, "catalogue.nc"))
+    cat = sd.read_catalogue(os.path.join(out, "catalogue.nc"), certified=True)
+    assert cat.attrs["sample_config"] == points.attrs["sample_config"]     # carried along
     for name in ("loss_levels", "smallest_eigenvalue", "index_histogram"):
         for ext in ("png", "pdf"):
             assert os.path.getsize(os.path.join(out, "figures", f"{name}.{ext}")) > 1000
@@ -92,7 +96,8 @@ def test_cli_sample_certify_escape(tmp_path, capsys):
     np.testing.assert_array_equal(cat["smallest_eigenvalue"].values,
                                   cat["smallest_eigenvalues"].values[:, 0])
     run("escape", "--out", out, "--steps", "300", "--runs", "2", "--methods", "sgd")
-    esc = sd.read_dataset(os.path.join(out, "escape.nc"))
+    esc = read_dataset(os.path.join(out, "escape.nc"))
+    assert sd.load_config(sd.EscapeConfig, os.path.join(out, "escape.toml")).methods == ["sgd"]
     assert esc["escape_time"].dims == ("method", "point", "run")
     assert list(esc["method"].values) == ["sgd"]
     assert os.path.getsize(os.path.join(out, "figures", "escape_times.pdf")) > 1000
@@ -101,20 +106,64 @@ def test_cli_sample_certify_escape(tmp_path, capsys):
 
 
 def test_cli_errors_are_one_line_value_errors(tmp_path):
-    with pytest.raises(ValueError, match="^widths='3,x': must be comma-separated integers"):
+    with pytest.raises(ValueError, match=r"^task\.widths\[1\]='x': Input should be a valid integer$"):
         run("sample", "--out", str(tmp_path), "--widths", "3,x")
-    with pytest.raises(ValueError, match="^points=.*: file not found"):
+    with pytest.raises(ValueError, match=r"^catalogue='.*points\.nc': no such file$"):
         run("certify", "--out", str(tmp_path / "missing"))
-    with pytest.raises(ValueError, match="^subsets="):
+    with pytest.raises(ValueError, match=r"^sampler\.subsets='some': Input should be 'top' or 'all'$"):
         run("sample", "--out", str(tmp_path), "--subsets", "some")
+    assert os.listdir(tmp_path) == []                                    # failed before writing
 
 
-def test_write_dataset_is_atomic_and_round_trips(tmp_path):
-    import xarray as xr
+def _tiny_points(widths=(2, 3, 2)) -> xr.Dataset:
+    """A small catalogue-shaped dataset (the variables read_catalogue requires)."""
+    p = sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=True))
+    rng = np.random.default_rng(0)
+    n, m = 3, min(widths[0], widths[-1])
+    return xr.Dataset(
+        {"theta": (("point", "parameter"), rng.normal(size=(n, p))),
+         "rank": (("point",), np.arange(n, dtype=np.int32)),
+         "subset": (("point", "mode"), np.zeros((n, m), np.int8)),
+         "construction": (("point",), np.ones(n, np.int8)),
+         "loss": (("point",), rng.uniform(size=n)),
+         "stratum_loss": (("point",), rng.uniform(size=n)),
+         "teacher": (("output", "input"), rng.normal(size=(widths[-1], widths[0]))),
+         "spectrum": (("mode",), np.arange(m, 0, -1.0))},
+        coords={"point": np.arange(n)}, attrs={"widths": list(widths), "dtype": "float64"})
 
-    ds = xr.Dataset({"x": (("point",), np.arange(3.0))}, attrs={"widths": np.array([2, 3])})
-    path = sd.write_dataset(ds, tmp_path / "sub" / "a.nc")
-    assert sorted(os.listdir(tmp_path / "sub")) == ["a.nc"]               # no temporary left behind
-    back = sd.read_dataset(path)
-    np.testing.assert_array_equal(back["x"].values, ds["x"].values)
-    np.testing.assert_array_equal(back.attrs["widths"], [2, 3])
+
+def test_catalogue_file_round_trip_through_the_atomic_writer(tmp_path):
+    """The one writer (dlnlab.io) stores the widths as JSON; read_catalogue and stacked_weights
+    give back the same widths and weights; files of the older format (an integer-array attribute)
+    still read."""
+    ds = _tiny_points()
+    path = atomic_write_dataset(ds, tmp_path / "sub" / "points.nc")
+    assert sorted(os.listdir(tmp_path / "sub")) == ["points.nc"]           # no temporary left behind
+    back = sd.read_catalogue(path)
+    assert sd.catalogue_widths(back) == (2, 3, 2) == sd.catalogue_widths(ds)
+    np.testing.assert_array_equal(back["theta"].values, ds["theta"].values)
+    for a, b in zip(sd.stacked_weights(back), sd.stacked_weights(ds), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert [w.shape[1:] for w in sd.stacked_weights(back)] == [(3, 2), (2, 3)]
+    old = ds.copy()
+    old.attrs["widths"] = np.array([2, 3, 2])
+    old.to_netcdf(tmp_path / "old.nc", engine="h5netcdf")                 # bypasses the writer
+    assert sd.catalogue_widths(sd.read_catalogue(tmp_path / "old.nc")) == (2, 3, 2)
+
+
+def test_read_catalogue_rejects_what_is_not_a_catalogue(tmp_path):
+    ds = _tiny_points()
+    wrong = ds.copy()
+    wrong.attrs["widths"] = [2, 4, 2]                                     # theta has 12, not 16
+    atomic_write_dataset(wrong, tmp_path / "wrong.nc")
+    with pytest.raises(ValueError, match=r"^catalogue='.*wrong\.nc': not a saddle catalogue "
+                                         r"\(theta .* does not match widths \[2, 4, 2\]\)$"):
+        sd.read_catalogue(tmp_path / "wrong.nc")
+    atomic_write_dataset(ds.drop_vars(["theta", "teacher"]), tmp_path / "other.nc")
+    with pytest.raises(ValueError, match=r"not a saddle catalogue \(missing variables: theta, teacher\)$"):
+        sd.read_catalogue(tmp_path / "other.nc")
+    atomic_write_dataset(ds, tmp_path / "points.nc")
+    sd.read_catalogue(tmp_path / "points.nc")                             # fine uncertified
+    with pytest.raises(ValueError, match=r"not certified \(missing variables: classification, .*\): "
+                                         r"run dlnlab saddles certify first$"):
+        sd.read_catalogue(tmp_path / "points.nc", certified=True)

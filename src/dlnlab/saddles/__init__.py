@@ -2,20 +2,24 @@
 certification on the true loss, catalogue, escape experiments (THEORY §9; docs/saddles.md).
 
 Conventions as in the rest of ``dlnlab``: weights ``(W_1, ..., W_L)``, ``W_l`` of shape
-``(d_l, d_{l-1})``; whitened population loss for the normal form; explicit PRNG keys.
+``(d_l, d_{l-1})``; whitened population loss for the normal form; explicit PRNG keys. Configs of
+the ``dlnlab saddles`` commands: :mod:`dlnlab.saddles.config`; files are written with
+:mod:`dlnlab.io` (the one atomic writer) and catalogues read with :func:`read_catalogue`.
 """
 
 from .catalogue import (
+    CERTIFIED_VARIABLES,
     CONSTRUCTION_NAMES,
+    POINT_VARIABLES,
+    catalogue_widths,
     certify_catalogue,
     choose_subsets,
     layer_pairs,
     partial_product_ranks,
-    read_dataset,
+    read_catalogue,
     sample_catalogue,
     stacked_weights,
     task_from_dataset,
-    write_dataset,
 )
 from .certify import (
     CLASS_NAMES,
@@ -27,13 +31,24 @@ from .certify import (
     RefineInfo,
     Tolerances,
     certify,
-    certify_many,
     classify,
     gradient_scale,
     loss_scale,
     minimum_loss,
     rebalance,
     refine,
+)
+from .config import (
+    CertifyConfig,
+    EscapeConfig,
+    SampleConfig,
+    certify_from_config,
+    config_to_toml,
+    escape_from_config,
+    load_config,
+    sample_from_config,
+    task_from_config,
+    validate_config,
 )
 from .escape import (
     METHODS,
@@ -83,33 +98,41 @@ from .sampler import (
 )
 
 __all__ = [
+    "CERTIFIED_VARIABLES",
     "CLASS_NAMES",
     "CONSTRUCTION_NAMES",
     "Certificate",
+    "CertifyConfig",
+    "EscapeConfig",
     "LanczosResult",
     "METHODS",
     "MINIMUM",
     "NON_STRICT_SADDLE",
     "NOT_CRITICAL",
     "NormalForm",
+    "POINT_VARIABLES",
     "Prior",
     "RefineInfo",
     "STRICT_SADDLE",
+    "SampleConfig",
     "SamplerInfo",
     "SamplerState",
     "Tolerances",
     "assemble_weights",
     "block_lanczos",
+    "catalogue_widths",
     "certify",
     "certify_catalogue",
-    "certify_many",
+    "certify_from_config",
     "choose_subsets",
     "classify",
+    "config_to_toml",
     "constraint_energy",
     "constraint_residuals",
     "dense_hessian",
     "energy_gradient",
     "escape_experiment",
+    "escape_from_config",
     "escape_run",
     "escape_threshold",
     "escape_times",
@@ -120,6 +143,7 @@ __all__ = [
     "hessian_vector_product",
     "layer_pairs",
     "linearised_escape_time",
+    "load_config",
     "loss_scale",
     "minimum_loss",
     "negative_log_prior",
@@ -131,19 +155,21 @@ __all__ = [
     "plot_loss_levels",
     "plot_smallest_eigenvalues",
     "random_residuals",
-    "read_dataset",
+    "read_catalogue",
     "rebalance",
     "refine",
     "residual_shapes",
     "sample_catalogue",
+    "sample_from_config",
     "sample_residuals",
     "sgld_step",
     "stacked_weights",
     "step_size_schedule",
     "stratum_loss",
+    "task_from_config",
     "task_from_dataset",
     "two_layer_saddle_spectrum",
     "two_layer_smallest_eigenvalue",
-    "write_dataset",
+    "validate_config",
     "zero_residuals",
 ]

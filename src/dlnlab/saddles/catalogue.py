@@ -4,16 +4,18 @@
 every requested rank and subset, assembles and refines the weights on the true loss, and returns an
 ``xarray.Dataset`` with one entry per point. ``certify_catalogue`` (``dlnlab saddles certify``)
 adds the certificate of every point and the rank pattern of its partial products. The variables
-are listed in docs/saddles.md ("Catalogue variables").
+are listed in docs/saddles.md ("Catalogue variables"). Files are written by the one atomic writer
+(:func:`dlnlab.io.atomic_write_dataset`) and read back with :func:`read_catalogue`, which checks
+that the file is a catalogue.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 
 import jax
@@ -22,9 +24,11 @@ import numpy as np
 import xarray as xr
 
 from .. import _validation as v
+from .._types import Array
 from ..core.loss import population_loss
 from ..core.products import flatten_weights, unflatten_weights
 from ..core.task import Task
+from ..io.atomic import read_dataset
 from .certify import CLASS_NAMES, Tolerances, certify, choose_method, refine
 from .normal_form import (
     assemble_weights,
@@ -35,8 +39,6 @@ from .normal_form import (
     subset_tuple,
 )
 from .sampler import Prior, sample_residuals
-
-Array = jax.Array
 
 SGLD, EXACT = 0, 1
 CONSTRUCTION_NAMES = ("sgld", "exact")
@@ -240,7 +242,7 @@ def _points_dataset(task: Task, widths, records, dropped, settings) -> xr.Datase
                                     np.asarray(task.label_covariance, np.float64),
                                     {"long_name": "label-noise covariance S_eps"})
     ds = xr.Dataset(data, coords={"point": np.arange(n)})
-    ds.attrs.update({"widths": np.asarray(widths, np.int64), "dtype": str(task.dtype),
+    ds.attrs.update({"widths": [int(w) for w in widths], "dtype": str(task.dtype),
                      "dropped_points": dropped, **{k: float(x) for k, x in settings.items()}})
     return ds
 
@@ -254,7 +256,7 @@ def task_from_dataset(ds: xr.Dataset, dtype=None) -> Task:
 
 def stacked_weights(ds: xr.Dataset, dtype=None) -> tuple[Array, ...]:
     """The catalogue's points as weights with a leading point axis."""
-    widths = tuple(int(w) for w in np.atleast_1d(ds.attrs["widths"]))
+    widths = catalogue_widths(ds)
     theta = jnp.asarray(ds["theta"].values, dtype=dtype or ds.attrs.get("dtype", "float64"))
     return jax.vmap(lambda t: unflatten_weights(t, widths))(theta)
 
@@ -279,7 +281,7 @@ def certify_catalogue(key, ds: xr.Dataset, *, method: str = "auto", num_eigenval
     tolerances = Tolerances() if tolerances is None else tolerances
     task = task_from_dataset(ds)
     weights = stacked_weights(ds, task.dtype)
-    widths = tuple(int(w) for w in np.atleast_1d(ds.attrs["widths"]))
+    widths = catalogue_widths(ds)
     p = int(ds.sizes["parameter"])
     method = choose_method(p, method)
     if method == "lanczos":
@@ -330,27 +332,56 @@ def certify_catalogue(key, ds: xr.Dataset, *, method: str = "auto", num_eigenval
 
 
 # ------------------------------------------------------------------------------ files
-def write_dataset(ds: xr.Dataset, path) -> str:
-    """Write ``ds`` as NetCDF (h5netcdf) atomically: a temporary file in the same folder, then
-    ``os.replace``. Returns the path."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(suffix=".nc.tmp", dir=folder)
-    os.close(handle)
+# Written with dlnlab.io.atomic_write_dataset (the one atomic writer); read with read_catalogue.
+POINT_VARIABLES = ("theta", "rank", "subset", "construction", "loss", "stratum_loss", "teacher",
+                   "spectrum")
+"""Variables every catalogue has (``sample_catalogue``)."""
+
+CERTIFIED_VARIABLES = ("classification", "smallest_eigenvalue", "bottom_eigenvector",
+                       "minimum_loss", "gradient_norm")
+"""Variables a certified catalogue adds (``certify_catalogue``)."""
+
+
+def catalogue_widths(ds: xr.Dataset) -> tuple[int, ...]:
+    """The layer widths ``(d_0, ..., d_L)`` of a catalogue: ``attrs["widths"]``, a sequence in
+    memory and a JSON list in a file (older files: an integer array)."""
+    raw = ds.attrs.get("widths")
+    if raw is None:
+        v.fail("widths", None, "the dataset has no 'widths' attribute: not a saddle catalogue")
     try:
-        ds.to_netcdf(tmp, engine="h5netcdf")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+        values = np.atleast_1d(np.asarray(json.loads(raw) if isinstance(raw, str) else raw))
+    except (TypeError, ValueError):
+        values = np.asarray([None])
+    if values.ndim != 1 or values.dtype.kind not in "iu":
+        v.fail("widths", raw, "must be a list of integers")
+    return tuple(int(w) for w in values)
 
 
-def read_dataset(path, what: str = "dataset") -> xr.Dataset:
-    """Load a NetCDF file fully into memory (the file is closed afterwards)."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        v.fail(what, path, "file not found")
-    with xr.open_dataset(path, engine="h5netcdf") as ds:
-        return ds.load()
+def read_catalogue(path, *, certified: bool = False) -> xr.Dataset:
+    """Load a catalogue file (``points.nc`` or, with ``certified=True``, ``catalogue.nc``).
+
+    Raises one ``ValueError`` line when the file is missing or not readable NetCDF
+    (:func:`dlnlab.io.read_dataset`), when it is not a saddle catalogue (a variable of
+    :data:`POINT_VARIABLES` or the ``widths`` attribute missing, or ``theta`` not of the size the
+    widths give), or, with ``certified``, when it was not certified (:data:`CERTIFIED_VARIABLES`).
+    """
+    name = repr(os.fspath(path))
+    ds = read_dataset(path, what="catalogue")
+    missing = [x for x in POINT_VARIABLES if x not in ds.variables]
+    if missing:
+        raise ValueError(f"catalogue={name}: not a saddle catalogue (missing variables: "
+                         f"{', '.join(missing)})")
+    try:
+        widths = catalogue_widths(ds)
+    except ValueError as error:
+        raise ValueError(f"catalogue={name}: not a saddle catalogue ({error})") from None
+    size = sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=False))
+    if len(widths) < 3 or ds["theta"].dims != ("point", "parameter") or ds.sizes["parameter"] != size:
+        raise ValueError(f"catalogue={name}: not a saddle catalogue (theta {dict(ds['theta'].sizes)} "
+                         f"does not match widths {list(widths)})")
+    if certified:
+        missing = [x for x in CERTIFIED_VARIABLES if x not in ds.variables]
+        if missing:
+            raise ValueError(f"catalogue={name}: not certified (missing variables: "
+                             f"{', '.join(missing)}): run dlnlab saddles certify first")
+    return ds

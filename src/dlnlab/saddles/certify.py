@@ -35,12 +35,11 @@ import jax
 import jax.numpy as jnp
 
 from .. import _validation as v
+from .._types import Array
 from ..core.loss import population_gradient, population_loss
 from ..core.products import end_to_end, flatten_weights, partial_products, unflatten_weights
 from ..core.task import Task
 from .hessian import dense_hessian, flat_hessian_vector_product, hessian_lanczos
-
-Array = jax.Array
 
 NOT_CRITICAL, STRICT_SADDLE, NON_STRICT_SADDLE, MINIMUM = 0, 1, 2, 3
 CLASS_NAMES = ("not critical", "strict saddle", "non-strict saddle", "minimum")
@@ -300,14 +299,3 @@ def refine(weights, task: Task, *, num_iterations: int = 30, rebalance_every: in
     init = (theta0, jnp.asarray(damping, theta0.dtype))
     (theta, _), info = jax.lax.scan(body, init, jnp.arange(num_iterations))
     return unflatten_weights(theta, widths), info
-
-
-def certify_many(key, stacked_weights, task: Task, **options) -> Certificate:
-    """:func:`certify` vmapped over a leading point axis of ``stacked_weights`` (keys folded in by
-    point index, so point ``i`` gets the same certificate whatever the number of points)."""
-    if key is None:                                   # dense certification draws nothing
-        return jax.vmap(lambda w: certify(None, w, task, **options))(tuple(stacked_weights))
-    count = stacked_weights[0].shape[0]
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(count))
-    return jax.vmap(lambda k, w: certify(k, w, task, **options))(keys, tuple(stacked_weights))
-

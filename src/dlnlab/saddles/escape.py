@@ -30,16 +30,34 @@ import numpy as np
 import xarray as xr
 
 from .. import _validation as v
+from .._types import Array
 from ..core.loss import population_loss
 from ..core.products import flatten_weights, layer_widths, unflatten_weights
 from ..core.task import Task
-from ..dynamics import AnisotropicLangevin, GradientDescent, Hyperparameters, OnlineSGD
+from ..dynamics.method import MethodSettings
+from ..dynamics.registry import METHODS as REGISTERED_METHODS
+from ..dynamics.registry import get_method
 from .catalogue import stacked_weights, task_from_dataset
 from .certify import MINIMUM, NOT_CRITICAL, minimum_loss
 
-Array = jax.Array
+# Registered methods that act on the weights and need no host-side preparation: the escape
+# experiments can run any of them; the default set is GD, SGD and the anisotropic SDE.
+METHODS = tuple(m.name for m in REGISTERED_METHODS if m.state == "weights"
+                and m.prepare is REGISTERED_METHODS[0].prepare)
+DEFAULT_METHODS = ("gd", "sgd", "sde")
 
-METHODS = ("gd", "sgd", "sde")
+
+def _escape_stepper(method: str, task: Task, widths, learning_rate, batch_size, step_size):
+    """The registered method's stepper and hyperparameters (its section at its defaults)."""
+    record = get_method(method)
+    section = record.section() if record.section is not None else None
+    settings = MethodSettings(learning_rate, batch_size, True, tuple(widths), section, step_size)
+    stepper = record.build(task, settings)
+    values = dict(learning_rate=learning_rate, batch_size=batch_size, step_size=step_size)
+    if section is not None:
+        values.update(section.model_dump())
+    fields = stepper.hyperparameters_type._fields
+    return stepper, stepper.hyperparameters(**{k: x for k, x in values.items() if k in fields})
 
 
 def linearised_escape_time(eigenvalue, amplitude, drop, learning_rate):
@@ -67,14 +85,12 @@ def escape_run(key, weights, task: Task, threshold, *, method: str, learning_rat
     ``batch_size`` static for SGD, where it is a shape, and may be traced for the SDE).
     """
     h = learning_rate if sde_step is None else sde_step
-    # The engine's steppers (one step contract, counter-based randomness keyed by the step).
-    if method == "gd":
-        stepper = GradientDescent(task)
-    elif method == "sgd":
-        stepper = OnlineSGD(task, batch_size=int(batch_size))
-    else:
-        stepper = AnisotropicLangevin(task)
-    hparams = Hyperparameters(learning_rate, batch_size, h)
+    # The registry's steppers (one step contract, counter-based randomness keyed by the step);
+    # SGD draws ``batch_size`` samples (a shape: static), the SDE uses it as a number.
+    sampled = int(batch_size) if get_method(method).minibatch else 1
+    stepper, hparams = _escape_stepper(method, task, layer_widths(weights), learning_rate,
+                                       sampled, h)
+    hparams = hparams._replace(batch_size=batch_size)
 
     def body(carry, k):
         state, first = carry
@@ -93,7 +109,7 @@ def escape_run(key, weights, task: Task, threshold, *, method: str, learning_rat
                                              "use_directions"))
 def _escape_many(key, stacked, directions, task, learning_rate, sde_step, perturbation, drop_fraction,
                  noise_batch_size, *, method, num_steps, num_runs, sgd_batch_size, use_directions):
-    batch_size = sgd_batch_size if method == "sgd" else noise_batch_size
+    batch_size = sgd_batch_size if get_method(method).minibatch else noise_batch_size
     widths = layer_widths(tuple(w[0] for w in stacked))
 
     def one_point(point_key, weights, direction):
@@ -157,7 +173,7 @@ def escape_times(key, stacked, task: Task, *, method: str, learning_rate: float,
                                 jnp.asarray(h, dtype), jnp.asarray(perturbation, dtype),
                                 jnp.asarray(drop_fraction, dtype), jnp.asarray(float(batch_size), dtype),
                                 method=method, num_steps=num_steps, num_runs=num_runs,
-                                sgd_batch_size=batch_size if method == "sgd" else 1,
+                                sgd_batch_size=batch_size if get_method(method).minibatch else 1,
                                 use_directions=use_directions)
     unit = learning_rate if method != "sde" else h
     first = np.asarray(first)
@@ -165,7 +181,7 @@ def escape_times(key, stacked, task: Task, *, method: str, learning_rate: float,
     return times, np.asarray(final)
 
 
-def escape_experiment(key, ds: xr.Dataset, *, methods=METHODS, learning_rate: float = 0.02,
+def escape_experiment(key, ds: xr.Dataset, *, methods=DEFAULT_METHODS, learning_rate: float = 0.02,
                       num_steps: int = 2000, num_runs: int = 8, perturbation: float = 1e-3,
                       drop_fraction: float = 0.1, direction: str = "eigenvector", batch_size: int = 1,
                       sde_step: float | None = None, max_points: int | None = None) -> xr.Dataset:

@@ -22,11 +22,10 @@ import jax
 import jax.numpy as jnp
 
 from .. import _validation as v
+from .._types import Array
 from ..core.loss import population_gradient
 from ..core.products import flatten_weights, layer_widths, unflatten_weights
 from ..core.task import Task
-
-Array = jax.Array
 
 
 def flat_gradient(theta: Array, widths: tuple[int, ...], task: Task) -> Array:

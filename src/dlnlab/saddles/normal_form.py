@@ -40,9 +40,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import _validation as v
+from .._types import Array
 from ..core.task import Task
 
-Array = jax.Array
 Residuals = tuple[Array, ...]
 
 

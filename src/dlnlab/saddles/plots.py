@@ -1,30 +1,37 @@
 """Figures of a saddle catalogue and of escape experiments (PNG and PDF, axes labelled).
 
 Figure functions take datasets and a folder, write ``NAME.png`` and ``NAME.pdf`` there and return
-the paths. They use ``matplotlib.figure.Figure`` directly (no pyplot state).
+the paths. They build ``matplotlib.figure.Figure`` objects directly (no pyplot, no global state)
+and write every file through the one atomic writer (:func:`dlnlab.io.atomic_save_figure`): a
+failed ``savefig`` leaves no partial file and an existing figure as it was.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
+from ..dynamics.registry import get_method, method_names
+from ..io.atomic import atomic_save_figure
 from .certify import CLASS_NAMES
 
 _CLASS_COLOURS = ("tab:gray", "tab:red", "tab:orange", "tab:green")
-_METHOD_COLOURS = {"gd": "tab:blue", "sgd": "tab:orange", "sde": "tab:green"}
+
+
+def _method_colour(name: str) -> str | None:
+    """The method's colour from the registry (``None``: matplotlib's cycle)."""
+    return get_method(name).colour if name in method_names() else None
 
 
 def _save(fig: Figure, folder, name: str) -> list[str]:
-    os.makedirs(folder, exist_ok=True)
-    paths = []
-    for ext in ("png", "pdf"):
-        path = os.path.join(os.fspath(folder), f"{name}.{ext}")
-        fig.savefig(path, dpi=150, bbox_inches="tight")
-        paths.append(path)
+    """``folder/name.png`` and ``folder/name.pdf`` (150 dpi, tight), each written atomically."""
+    paths = [os.path.join(os.fspath(folder), f"{name}.{ext}") for ext in ("png", "pdf")]
+    for path in paths:
+        atomic_save_figure(fig, path, dpi=150)
     return paths
 
 
@@ -103,9 +110,10 @@ def plot_escape(ds: xr.Dataset, folder) -> list[str]:
     lam = np.abs(ds["smallest_eigenvalue"].values)
     for method in ds["method"].values:
         times = ds["escape_time"].sel({"method": method}).values
-        colour = _METHOD_COLOURS.get(str(method), None)
+        colour = _method_colour(str(method))
         ax.scatter(np.repeat(lam, times.shape[1]), times.ravel(), s=6, alpha=0.3, color=colour)
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)        # a point where no run escaped
             median = np.nanmedian(np.where(np.isfinite(times), times, np.nan), axis=1) \
                 if np.any(np.isfinite(times)) else np.full(lam.size, np.nan)
         ax.scatter(lam, median, s=30, color=colour, edgecolor="black", label=f"{method} (median)")

@@ -32,9 +32,8 @@ import jax
 import jax.numpy as jnp
 
 from .. import _validation as v
+from .._types import Array
 from .normal_form import NormalForm, Residuals, constraint_energy, random_residuals, residual_shapes
-
-Array = jax.Array
 
 
 class Prior(NamedTuple):
