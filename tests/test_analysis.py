@@ -1,22 +1,38 @@
-"""Analysis helpers against brute force and textbook values; the config additions the
-reproduction needs (aligned and balanced inits, a subset of observables, the RK4 step)."""
+"""Analysis helpers against brute force and textbook values (events, statistics, the summaries
+and claim rows the studies share); the config additions the reproduction needs (aligned and
+balanced inits, a subset of observables, the RK4 step)."""
 
 from __future__ import annotations
 
 import math
 
-import jax
 import numpy as np
 import pytest
+import xarray as xr
 from scipy import stats as sps
 
 from dlnlab.analysis import (
+    bootstrap_ratio_se,
+    claim_row,
     crossing_times,
     diffusion_peaks,
+    finite_median,
+    finite_quartiles,
+    format_number,
+    json_safe,
     linear_fit,
     mean_and_se,
+    median_abs_deviation_from,
     moments_with_se,
+    peak_rows,
+    peak_rows_with_deviation,
+    select_method,
+    teacher_rank,
+    training_parameters,
+    transit_deviation,
+    verdict_summary,
     wilson_interval,
+    with_events,
 )
 from dlnlab.experiments.config import validate_config
 
@@ -91,6 +107,108 @@ def test_moments_and_their_standard_errors_on_gaussian_samples():
     assert (mean, n) == (2.0, 3) and se == pytest.approx(1 / math.sqrt(3))
 
 
+def test_finite_median_quartiles_and_width_ignore_non_finite_entries():
+    x = np.array([[3.0, np.nan, 1.0], [np.inf, 2.0, 10.0]])
+    kept = np.array([3.0, 1.0, 2.0, 10.0])
+    assert finite_median(x) == np.median(kept) == 2.5
+    assert finite_quartiles(x) == (np.percentile(kept, 25), np.percentile(kept, 75))
+    assert math.isnan(finite_median([np.nan])) and all(map(math.isnan, finite_quartiles([])))
+    # median of |x - 2| over the finite entries: |1|, |-1|, |0|, |8| -> 1
+    assert median_abs_deviation_from(x, 2.0) == 1.0
+
+
+def test_bootstrap_ratio_se_is_the_sd_of_resampled_ratios():
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(0, 2.0, 200), np.append(rng.normal(0, 1.0, 150), np.nan)
+    got = bootstrap_ratio_se(x, y, np.std, draws=50, seed=7)
+    ref_rng = np.random.default_rng(7)
+    yf = y[np.isfinite(y)]
+    ratios = []
+    for _ in range(50):                              # the same draws, in the same order
+        xs = x[ref_rng.integers(0, x.size, x.size)]
+        ys = yf[ref_rng.integers(0, yf.size, yf.size)]
+        ratios.append(np.std(xs) / np.std(ys))
+    assert got == pytest.approx(np.std(ratios, ddof=1), rel=1e-12)
+    # and it measures the spread of a ratio near 2 (sd about 2 * sqrt(1/(2*200) + 1/(2*150)))
+    assert 0.05 < got < 0.3
+
+
+def test_claim_rows_and_json_safe_values():
+    row = claim_row("x-1", "A claim.", "Fig. 1", "x", "measured", {"v": np.float64(1.5)},
+                    "rule", "supported")
+    assert list(row) == ["id", "claim", "paper", "figure", "measured", "values", "criterion",
+                         "verdict"]
+    with pytest.raises(ValueError, match="verdict='maybe'"):
+        claim_row("x-1", "A claim.", "Fig. 1", "x", "m", {}, "rule", "maybe")
+    safe = json_safe({"a": np.float32(2.0), "b": [np.nan, (np.int64(3), np.inf)], "c": "s"})
+    assert safe == {"a": 2.0, "b": [None, [3, None]], "c": "s"}
+    assert type(safe["a"]) is float and type(safe["b"][1][0]) is int
+    assert format_number(np.nan) == "nan" and format_number(0.123456) == "0.123"
+    claims = [{"verdict": "refuted"}, {"verdict": "supported"}, {"verdict": "refuted"}]
+    assert verdict_summary(claims) == "1 supported, 2 refuted"
+
+
+def _run_dataset():
+    """Two methods, 3 runs, 2 modes (plus one with s = 0), amplitudes rising linearly."""
+    t = np.linspace(0.0, 10.0, 11)
+    s = np.array([1.0, 0.5, 0.0])
+    speed = np.array([[[0.2], [0.1], [0.05]], [[0.25], [0.125], [0.1]]])   # (method, run, 1)
+    amp = np.minimum(speed[..., None] * t[None, None, None, :] * s[None, None, :, None],
+                     s[None, None, :, None])                  # (method, run, mode, time)
+    amp = np.moveaxis(amp, 2, 3)                              # (method, run, time, mode)
+    diff = amp * (s - amp)                                    # peaks at a = s / 2
+    ds = xr.Dataset({"amplitude": (("method", "run", "time", "mode"), amp),
+                     "diffusion": (("method", "run", "time", "mode"), diff),
+                     "reduced_diffusion": (("method", "run", "time", "mode"), 1.1 * diff),
+                     "spectrum": ("mode", s),
+                     "theory_peak_amplitude": ("mode", s / 2)},
+                    coords={"method": ["sgd", "sde"], "run": [0, 1, 2], "time": t,
+                            "mode": [0, 1, 2]})
+    ds.attrs.update(learning_rate=0.01, depth=4, unrelated="x")
+    return ds
+
+
+def test_dataset_summaries_select_count_and_read_parameters():
+    ds = _run_dataset()
+    assert teacher_rank(ds) == 2
+    assert training_parameters(ds) == {"learning_rate": 0.01, "depth": 4}
+    sde = select_method(ds, "sde")
+    np.testing.assert_array_equal(sde.amplitude.values, ds.amplitude.values[1])
+    events = with_events(ds, 2)
+    assert events.sizes["mode"] == 2
+    # run 0 of sgd: a = 0.2 t s, so a = 0.9 s at t = 4.5 and a = s / 2 at t = 2.5
+    assert float(events.t_90.isel(method=0, run=0, mode=0)) == pytest.approx(4.5)
+    assert float(events.t_half.isel(method=0, run=0, mode=1)) == pytest.approx(2.5)
+
+
+def test_transit_deviation_and_peak_rows_against_loops():
+    ds = with_events(_run_dataset(), 2)
+    d = select_method(ds, "sgd")
+    dev = transit_deviation(d).values
+    for a in range(2):
+        s = float(d.spectrum[a])
+        amp, diff, red = (d[v].isel(mode=a).values.ravel()
+                          for v in ("amplitude", "diffusion", "reduced_diffusion"))
+        keep = (amp >= 0.1 * s) & (amp <= 0.9 * s)
+        assert dev[a] == pytest.approx(np.median(np.abs(diff - red)[keep] / red[keep]), rel=1e-12)
+    rows = peak_rows(d, "SGD")
+    assert [r["mode"] for r in rows] == [1, 2]
+    for a, r in enumerate(rows):
+        before = valid = 0
+        for run in range(3):
+            tp, t9 = float(d.t_peak.isel(run=run, mode=a)), float(d.t_90.isel(run=run, mode=a))
+            if np.isfinite(tp) and np.isfinite(t9):
+                valid += 1
+                before += tp < t9
+        assert (r["runs"], r["peak_before_90_fraction"]) == (valid, before / valid)
+        assert r["peak_before_90_ci95"] == list(wilson_interval(before, valid))
+        assert r["a_peak_predicted"] == float(d.spectrum[a]) / 2
+        # the diffusion a (s - a) peaks at the record closest to a = s / 2
+        assert abs(r["a_at_peak_median"] - float(d.spectrum[a]) / 2) <= 0.1 * float(d.spectrum[a])
+    with_dev = peak_rows_with_deviation(d, "SGD")
+    assert [r["transit_relative_deviation_median"] for r in with_dev] == pytest.approx(list(dev))
+
+
 # ----------------------------------------------------------------------------- config additions
 
 
@@ -106,7 +224,7 @@ def _small(**changes):
 
 def test_aligned_init_is_aligned_and_balanced():
     from dlnlab.core.modes import cross_mode_amplitudes
-    from dlnlab.engine.observables import balance
+    from dlnlab.engine import balance
     from dlnlab.experiments.run import build_task, initial_weights
 
     config = _small(init__kind="aligned", init__amplitude=0.01)
@@ -124,7 +242,7 @@ def test_aligned_init_is_aligned_and_balanced():
 
 def test_balanced_init_runs_in_an_experiment():
     """Regression: ``init.kind = "balanced"`` used to fail under vmap (host-side SVD)."""
-    from dlnlab.engine.observables import balance
+    from dlnlab.engine import balance
     from dlnlab.experiments.run import initial_weights, run_experiment
 
     config = _small(init__kind="balanced")
@@ -148,15 +266,13 @@ def test_recording_a_subset_of_observables():
         _small(record__variables=["amplitude"])
 
 
-def test_simulate_rejects_an_unknown_observable():
-    from dlnlab.dynamics import GradientDescent, Hyperparameters
-    from dlnlab.engine import simulate
-    from dlnlab.experiments.run import build_task, initial_weights
+def test_recording_rejects_an_unknown_observable():
+    """What the engine records is checked before anything runs (the engine's option object)."""
+    from dlnlab.engine import Recording
 
-    config = _small()
-    with pytest.raises(ValueError, match="observables"):
-        simulate(GradientDescent(build_task(config)), initial_weights(config),
-                 Hyperparameters(0.01), jax.random.key(0), [0, 1], observables=["bogus"])
+    with pytest.raises(ValueError, match="observables='bogus'"):
+        Recording([0, 1], observables=["bogus"])
+    assert "diffusion" in Recording([0, 1], observables=["diffusion"]).observables
 
 
 def test_gradient_flow_step_defaults_to_the_learning_rate():

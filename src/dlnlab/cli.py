@@ -126,20 +126,23 @@ def run(
 @app.command()
 def reproduce(
     names: Annotated[list[str], typer.Argument(
-        help="Figures to reproduce (fig1 fig2 fig3 fig4 fig6 fig7 fig8 fig9 fig10 appJ3 fig11 "
-             "appK) or 'all'.")],
+        help="[PAPER] STUDY... : a paper (default: the first registered, sgd-dln) and its "
+             "studies, or 'all'. An unknown name lists the valid ones.")],
     quick: Annotated[bool, typer.Option(
-        "--quick", help="Fewer runs: every figure in minutes (all: under 10 min on 2 cores).")] = False,
+        "--quick", help="Fewer runs: every study in minutes.")] = False,
     out: Annotated[Path | None, typer.Option(
-        "--out", help="Output folder (default: reproduction or reproduction-quick).")] = None,
+        "--out", help="Output folder (default: reproduction[-quick], "
+                      "reproduction-PAPER[-quick] for another paper).")] = None,
     fresh: Annotated[bool, typer.Option(
         "--fresh", help="Recompute experiments even when a cached dataset matches.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars or tables.")] = False,
 ) -> None:
-    """Reproduce the paper's figures and claims: PNG/PDF, dataset, numbers, claims.md."""
-    from .reproduce import reproduce as run_reproduce
+    """Reproduce a paper's figures and claims: PNG/PDF, dataset, numbers, claims.md."""
+    from .papers import reproduce as run_reproduce
+    from .papers import split_arguments
 
-    run_reproduce(names, quick=quick, out=out, fresh=fresh, quiet=quiet)
+    paper, studies = split_arguments(names)
+    run_reproduce(paper, studies, quick=quick, out=out, fresh=fresh, quiet=quiet)
 
 
 @app.command()

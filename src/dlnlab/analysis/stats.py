@@ -1,11 +1,44 @@
 """Statistics with their uncertainties: means with standard errors, binomial intervals,
-sample moments with their large-sample standard errors, ordinary least squares."""
+sample moments with their large-sample standard errors, ordinary least squares; medians and
+quartiles over the finite entries, robust widths and a bootstrap standard error of their ratio."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+
+
+def finite_median(x) -> float:
+    """Median over the finite entries of ``x`` (NaN if there is none)."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    x = x[np.isfinite(x)]
+    return float(np.median(x)) if x.size else math.nan
+
+
+def finite_quartiles(x) -> tuple[float, float]:
+    """25th and 75th percentiles over the finite entries of ``x`` (NaNs if there is none)."""
+    x = np.asarray(x, dtype=np.float64).ravel()
+    x = x[np.isfinite(x)]
+    return (float(np.percentile(x, 25)), float(np.percentile(x, 75))) if x.size else (math.nan,) * 2
+
+
+def median_abs_deviation_from(x, centre: float) -> float:
+    """Robust width of a law concentrating at ``centre``: the median of ``|x - centre|`` over the
+    finite entries (the sd of such a law is ruled by a few late runs)."""
+    x = np.asarray(x, dtype=np.float64)
+    return float(np.median(np.abs(x[np.isfinite(x)] - centre)))
+
+
+def bootstrap_ratio_se(x, y, statistic, draws: int = 400, seed: int = 0) -> float:
+    """Bootstrap standard error of ``statistic(x) / statistic(y)`` (finite entries, ``x`` and
+    ``y`` resampled independently, ``draws`` resamples from ``numpy.random.default_rng(seed)``)."""
+    rng = np.random.default_rng(seed)
+    x, y = np.asarray(x), np.asarray(y)
+    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
+    ratios = [statistic(rng.choice(x, x.size)) / statistic(rng.choice(y, y.size))
+              for _ in range(draws)]
+    return float(np.std(ratios, ddof=1))
 
 
 def mean_and_se(x) -> tuple[float, float, int]:

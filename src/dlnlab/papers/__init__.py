@@ -1,0 +1,70 @@
+"""Papers reproduced by dlnlab: each a :class:`~dlnlab.experiments.study.Paper` made of studies.
+
+``reproduce("sgd-dln", ["fig3"], quick=True)`` is ``dlnlab reproduce sgd-dln fig3 --quick``
+(the paper's name may be left out for the default paper: ``dlnlab reproduce fig3 --quick``).
+:data:`PAPERS` lists the papers; each has its folder here (``sgd_dln/``: a base config and one
+module per study). ``docs/reproduction.md`` describes the outputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..experiments.study import Paper
+from .sgd_dln import PAPER as SGD_DLN
+
+PAPERS: dict[str, Paper] = {p.name: p for p in (SGD_DLN,)}
+"""Every paper by name, the default first."""
+
+DEFAULT_PAPER = SGD_DLN.name
+
+
+def get_paper(name: str | Paper) -> Paper:
+    """The paper called ``name`` (a :class:`Paper` passes through); one-line ``ValueError``
+    listing the valid names else."""
+    if isinstance(name, Paper):
+        return name
+    if name not in PAPERS:
+        raise ValueError(f"paper={name!r}: unknown paper; one of {', '.join(PAPERS)}")
+    return PAPERS[name]
+
+
+def split_arguments(arguments) -> tuple[Paper, list[str]]:
+    """``[PAPER] NAME...`` as the command line gives them -> ``(paper, names)``: the first
+    argument is a paper if it names one, else a study of the default paper; a paper alone means
+    all its studies. Names are checked (one-line ``ValueError`` listing the valid ones)."""
+    arguments = [arguments] if isinstance(arguments, str) else list(arguments or [])
+    if arguments and arguments[0] in PAPERS:
+        paper, names = PAPERS[arguments[0]], arguments[1:] or ["all"]
+    else:
+        paper, names = PAPERS[DEFAULT_PAPER], arguments
+    if not names:
+        raise ValueError(f"name=[]: give a paper ({', '.join(PAPERS)}) or a study of "
+                         f"{paper.name!r} ({', '.join(paper.names)}) or 'all'")
+    if arguments[0] not in PAPERS and names[0] != "all" and names[0] not in paper.names:
+        raise ValueError(f"name={names[0]!r}: neither a paper ({', '.join(PAPERS)}) nor a study "
+                         f"of {paper.name!r} ({', '.join(paper.names)}, all)")
+    return paper, paper.resolve(names)
+
+
+def default_out(paper: Paper, quick: bool) -> Path:
+    """``reproduction`` (``reproduction-quick``) for the default paper, else
+    ``reproduction-PAPER`` (``-quick``)."""
+    stem = "reproduction" if paper.name == DEFAULT_PAPER else f"reproduction-{paper.name}"
+    return Path(f"{stem}-quick" if quick else stem)
+
+
+def reproduce(paper: str | Paper = DEFAULT_PAPER, names="all", *, quick: bool = False, out=None,
+              fresh: bool = False, quiet: bool = False) -> dict:
+    """Reproduce studies of ``paper`` (``"all"`` or study names) into ``out`` (default
+    :func:`default_out`): figures, datasets, numbers, claims and the report. Returns
+    ``{name: {"seconds", "claims", "folder"}}``."""
+    from ..experiments.study_runner import run_studies
+
+    paper = get_paper(paper)
+    names = paper.resolve(names)
+    out = Path(out) if out is not None else default_out(paper, quick)
+    return run_studies(paper, names, quick=quick, out=out, fresh=fresh, quiet=quiet)
+
+
+__all__ = ["DEFAULT_PAPER", "PAPERS", "default_out", "get_paper", "reproduce", "split_arguments"]

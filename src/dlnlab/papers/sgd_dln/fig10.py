@@ -1,0 +1,34 @@
+"""fig10: the maximal modewise diffusion against 1 / batch size (App. J.2): linear, and
+proportional as eq. 7 says (the analysis is shared with fig9)."""
+
+from __future__ import annotations
+
+from ...experiments.study import Study
+from . import scaling
+from .config import paper_config, size
+
+
+def experiments(quick: bool) -> dict:
+    batches = size(quick, [1, 2, 4], [1, 2, 4, 8, 16])
+    return {f"{b}": paper_config(f"batch-{b}", runs=size(quick, 32, 128), horizon=50.0,
+                                 methods=["sgd"], points=501, variables=["amplitude", "diffusion"],
+                                 training__batch_size=b) for b in batches}
+
+
+def analyse(data):
+    return scaling.analyse(data, "batch_size")
+
+
+numbers = scaling.numbers
+
+
+def claims(ds):
+    return scaling.claims(ds, "fig10", "1 / batch size", "App. J.2, Fig. 10")
+
+
+def figure(ds):
+    return scaling.figure(ds, "Fig. 10")
+
+
+STUDY = Study("fig10", "Maximal modewise diffusion against 1 / batch size", "Fig. 10, App. J.2",
+              experiments, analyse, numbers, claims, figure)
