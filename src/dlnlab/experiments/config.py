@@ -251,12 +251,22 @@ def apply_override(data: dict, item: str) -> None:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()
+    try:
+        set_field(data, key, value)
+    except ValueError as error:
+        raise ValueError(f"--set={item!r}: {error}") from None
+
+
+def set_field(data: dict, key: str, value) -> None:
+    """Set the dotted field ``key`` (``"training.learning_rate"``) of a config dict to
+    ``value``, creating sections as needed (the one way configs are changed by name: ``--set``,
+    paper studies). A part that is not a section is a one-line ``ValueError``."""
     target = data
     parts = key.split(".")
     for part in parts[:-1]:
         target = target.setdefault(part, {})
         if not isinstance(target, dict):
-            raise ValueError(f"--set={item!r}: {part} is not a section")
+            raise ValueError(f"{part} is not a section")
     target[parts[-1]] = value
 
 

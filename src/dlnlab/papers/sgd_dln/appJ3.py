@@ -19,7 +19,7 @@ def experiments(quick: bool) -> dict:
     sizes = size(quick, [100, 1000], [100, 1000, 10000])
     return {f"{n}": paper_config(f"finite-{n}", runs=size(quick, 32, 128), horizon=60.0,
                                  methods=["sgd"], points=301, variables=["amplitude", "diffusion"],
-                                 task__num_samples=n) for n in sizes}
+                                 changes={"task.num_samples": n}) for n in sizes}
 
 
 def analyse(data):

@@ -22,7 +22,8 @@ def experiments(quick: bool) -> dict:
     lr = 0.01
     return {f"{k}": paper_config(f"em-h{k}", runs=size(quick, 64, 256), horizon=60.0,
                                  methods=["sde"], points=121, variables=["amplitude", "diffusion"],
-                                 sde__step_size=lr / k, sde__path_substeps=finest // k)
+                                 changes={"sde.step_size": lr / k,
+                                          "sde.path_substeps": finest // k})
             for k in factors}
 
 

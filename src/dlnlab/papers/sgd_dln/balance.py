@@ -21,7 +21,7 @@ def experiments(quick: bool) -> dict:
             f"balance-L{depth}-{init}", runs=size(quick, 16, 64), horizon=60.0, methods=["sgd"],
             points=241, variables=["amplitude", "diffusion", "balance_residual",
                                    "balance_numerator", "layer_norm"],
-            task__hidden=[12] * (depth - 1), init__kind=init)
+            changes={"task.hidden": [12] * (depth - 1), "init.kind": init})
     return out
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 
 from ...dynamics.registry import METHODS
-from ...experiments.config import ExperimentConfig, validate_config
+from ...experiments.config import ExperimentConfig, set_field, validate_config
 
 BASE_CONFIG: dict = {
     "task": {"d_in": 12, "d_out": 12, "hidden": [12, 12, 12],
@@ -60,21 +60,18 @@ def size(quick: bool, small, large):
 
 
 def paper_config(name: str, *, runs: int, horizon: float, methods: list[str], points: int,
-                 variables: list[str] | None = None, seed: int = 0, **changes) -> ExperimentConfig:
-    """The paper's task with ``changes`` given as dotted keys (``task__hidden`` for
-    ``task.hidden``: Python keywords cannot contain dots)."""
+                 variables: list[str] | None = None, seed: int = 0,
+                 changes: dict | None = None) -> ExperimentConfig:
+    """The paper's task with ``changes`` given as dotted field names, the same keys as
+    ``dlnlab run --set`` (``{"task.hidden": [24, 24, 24]}``), validated like any config."""
     data = copy.deepcopy(BASE_CONFIG)
     data.update(name=name, seed=seed, runs=runs, methods=methods)
     data["training"] = {**data["training"], "horizon": horizon}
     data["record"] = {"points": points, "spacing": "linear"}
     if variables is not None:
         data["record"]["variables"] = variables
-    for key, value in changes.items():
-        *sections, field = key.split("__")
-        target = data
-        for part in sections:
-            target = target.setdefault(part, {})
-        target[field] = value
+    for key, value in (changes or {}).items():
+        set_field(data, key, value)
     return validate_config(data)
 
 

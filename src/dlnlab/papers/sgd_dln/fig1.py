@@ -31,7 +31,7 @@ def experiments(quick: bool) -> dict:
         "aligned", runs=size(quick, 64, 256), horizon=60.0, methods=["sgd"], points=301,
         variables=["amplitude", "diffusion", "reduced_diffusion", "balance_residual",
                    "cross_amplitude"],
-        init__kind="aligned", init__amplitude=0.002)}
+        changes={"init.kind": "aligned", "init.amplitude": 0.002})}
 
 
 def analyse(data):

@@ -12,7 +12,7 @@ def experiments(quick: bool) -> dict:
     batches = size(quick, [1, 2, 4], [1, 2, 4, 8, 16])
     return {f"{b}": paper_config(f"batch-{b}", runs=size(quick, 32, 128), horizon=50.0,
                                  methods=["sgd"], points=501, variables=["amplitude", "diffusion"],
-                                 training__batch_size=b) for b in batches}
+                                 changes={"training.batch_size": b}) for b in batches}
 
 
 def analyse(data):

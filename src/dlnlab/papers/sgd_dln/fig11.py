@@ -22,7 +22,8 @@ from .overlays import formula_dataset
 def experiments(quick: bool) -> dict:
     return {"width24": paper_config(
         "width24", runs=size(quick, 32, 128), horizon=100.0, methods=["sgd"], points=401,
-        variables=["amplitude", "diffusion", "reduced_diffusion"], task__hidden=[24, 24, 24])}
+        variables=["amplitude", "diffusion", "reduced_diffusion"],
+        changes={"task.hidden": [24, 24, 24]})}
 
 
 def analyse(data):

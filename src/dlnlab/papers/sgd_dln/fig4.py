@@ -47,7 +47,7 @@ def experiments(quick: bool) -> dict:
         for m in END_METHODS:
             out[f"{noise}-{m}"] = paper_config(
                 f"end-{noise}-{m}", runs=runs[m], horizon=60.0, methods=[m], points=121,
-                variables=["amplitude", "diffusion"], task__label_noise=sigma)
+                variables=["amplitude", "diffusion"], changes={"task.label_noise": sigma})
     return out
 
 

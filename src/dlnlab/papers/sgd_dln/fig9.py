@@ -13,7 +13,7 @@ def experiments(quick: bool) -> dict:
     return {f"{lr:g}": paper_config(f"lr-{lr:g}", runs=size(quick, 32, 128), horizon=50.0,
                                     methods=["sgd"], points=501,
                                     variables=["amplitude", "diffusion"],
-                                    training__learning_rate=lr) for lr in rates}
+                                    changes={"training.learning_rate": lr}) for lr in rates}
 
 
 def analyse(data):
