@@ -1,6 +1,6 @@
 """Training dynamics: one stepper family per module, all with ``step(key, state, hparams)``.
 
-- :mod:`.gd`: gradient descent, gradient flow (RK4);
+- :mod:`.gd`: gradient descent; :mod:`.gradient_flow`: gradient flow (RK4);
 - :mod:`.sgd`: online and offline minibatch SGD;
 - :mod:`.momentum`: SGD with heavy-ball momentum;
 - :mod:`.langevin`: the anisotropic SDE of SGD and isotropic Langevin (Euler-Maruyama);
@@ -10,8 +10,9 @@
 """
 
 from ._ops import counter_normals, key_words
-from .base import Hyperparameters, Info, State, Stepper
-from .gd import GradientDescent, GradientFlow, StepSizeHyperparameters
+from .base import Hyperparameters, Info, State, Stepper, StepSizeHyperparameters
+from .gd import GradientDescent
+from .gradient_flow import GradientFlow
 from .langevin import (
     AnisotropicLangevin,
     IsotropicHyperparameters,

@@ -44,6 +44,18 @@ class Hyperparameters(NamedTuple):
     batch_size: Any = 1.0
 
 
+class StepSizeHyperparameters(NamedTuple):
+    """Hyperparameters of steppers with their own time step ``h`` (gradient flow, the SDEs).
+
+    - ``learning_rate`` ``eta``: sets the SGD noise scale ``eta / B`` the SDEs model.
+    - ``batch_size`` ``B`` (a number).
+    - ``step_size`` ``h``: time per step (``None``: equal to ``learning_rate``).
+    """
+    learning_rate: Any
+    batch_size: Any = 1.0
+    step_size: Any = None
+
+
 class State(NamedTuple):
     """``weights``: tuple of ``(d_l, d_{l-1}, *R)`` arrays; ``step``: int32 steps taken."""
     weights: tuple

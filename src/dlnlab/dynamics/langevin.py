@@ -15,9 +15,8 @@ from pydantic import Field, field_validator
 from .. import _validation as v
 from ..core.noise import noise_trace
 from . import _ops as ops
-from .base import Info, State, Stepper, cast, dtype_of
-from .gd import StepSizeHyperparameters, section_step_size
-from .method import ConformanceCase, Method, MethodSettings, Section
+from .base import Info, State, Stepper, StepSizeHyperparameters, cast, dtype_of
+from .method import ConformanceCase, Method, MethodSettings, Section, section_step_size
 
 
 class IsotropicHyperparameters(NamedTuple):

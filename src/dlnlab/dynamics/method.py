@@ -100,3 +100,12 @@ class Method:
     state: str = "weights"
     online_only: bool = False
     minibatch: bool = False
+
+
+def section_step_size(default_factor: float):
+    """``step_size(settings)``: the section's ``step_size``, else ``default_factor x`` the
+    learning rate."""
+    def step_size(settings: MethodSettings) -> float:
+        h = getattr(settings.section, "step_size", None)
+        return h if h is not None else settings.learning_rate * default_factor
+    return step_size

@@ -13,9 +13,8 @@ from .. import _validation as v
 from ..core.modes import mode_amplitudes
 from ..theory import reduced as reduced_theory
 from . import _ops as ops
-from .base import Info, State, Stepper, cast
-from .gd import StepSizeHyperparameters, section_step_size
-from .method import ConformanceCase, Method, Section
+from .base import Info, State, Stepper, StepSizeHyperparameters, cast
+from .method import ConformanceCase, Method, Section, section_step_size
 from .observers import observe_amplitudes
 
 

@@ -8,7 +8,8 @@ the record to :data:`METHODS` below (docs/architecture.md, "How to add a method"
 
 from __future__ import annotations
 
-from .gd import GD, GRADIENT_FLOW
+from .gd import GD
+from .gradient_flow import GRADIENT_FLOW
 from .langevin import ANISOTROPIC, ISOTROPIC
 from .method import Method
 from .momentum import MOMENTUM_SGD
