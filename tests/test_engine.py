@@ -410,7 +410,7 @@ def test_simulate_rejects_bad_record_steps(steps, name):
     (dy.Hyperparameters(np.inf), "hparams.learning_rate"),
     (dy.Hyperparameters(0.1, batch_size=np.ones((RUNS, 2))), "hparams.batch_size"),
     (dy.Hyperparameters("0.1"), "hparams.learning_rate"),
-    (dy.IsotropicHyperparameters(0.1, temperature=0.5), "hparams.step_size"),
+    (dy.IsotropicHyperparameters(0.1, temperature=0.5), "hparams.temperature"),
     ({"learning_rate": 0.1}, "hparams"),
 ])
 def test_simulate_rejects_bad_hyperparameters(hp, name):
@@ -418,6 +418,37 @@ def test_simulate_rejects_bad_hyperparameters(hp, name):
     with pytest.raises(ValueError) as info:
         en.simulate(stepper, weights, hp, ROOT, STEPS)
     assert "\n" not in str(info.value) and str(info.value).startswith(name + "=")
+
+
+def test_schedule_switches_are_checked_up_front():
+    stepper, weights, hp = sgd_setup()
+    bad = [([(10, dy.OnlineSGD(stepper.task, batch_size=4))], "schedule="),
+           ([(10, dy.MomentumSGD(stepper.task), dy.MomentumHyperparameters(LR, momentum=0.5))],
+            "schedule='MomentumSGD'"),
+           ([(10, "sgd", hp)], "schedule='str'")]
+    for switches, start in bad:
+        with pytest.raises(ValueError) as info:
+            en.simulate(stepper, weights, hp, ROOT, STEPS, schedule=switches)
+        assert "\n" not in str(info.value) and str(info.value).startswith(start), str(info.value)
+
+
+def test_family_hyperparameters_need_their_own_numbers():
+    """No silent defaults for a family's own numbers: plain ``Hyperparameters(eta)`` given to
+    momentum SGD or isotropic Langevin is a one-line error naming the missing field; fields at
+    their defaults widen silently (``Hyperparameters(eta)`` serves the SDE with ``h = eta``)."""
+    task = make_task()
+    weights = make_weights(RUNS)
+    for stepper, name in ((dy.MomentumSGD(task), "hparams.momentum"),
+                          (dy.IsotropicLangevin(task, widths=WIDTHS),
+                           "hparams.temperature")):
+        with pytest.raises(ValueError) as info:
+            en.simulate(stepper, weights, dy.Hyperparameters(LR), ROOT, [0, 1])
+        assert "\n" not in str(info.value) and str(info.value).startswith(name + "=")
+        with pytest.raises(ValueError) as info:
+            stepper.hyperparameters(learning_rate=LR)
+        assert str(info.value).startswith(name + "=None: required")
+    sde = en.simulate(dy.AnisotropicLangevin(task), weights, dy.Hyperparameters(LR), ROOT, [0, 2])
+    np.testing.assert_allclose(sde.time.values, [0.0, 2 * LR])
 
 
 # ---------------------------------------------------------------------------- time and observables

@@ -334,7 +334,10 @@ def test_names_resolve_in_paper_order():
     assert PAPER.resolve(["appK", "fig1", "fig1"]) == ["fig1", "appK"]
     with pytest.raises(ValueError, match="unknown study"):
         PAPER.resolve(["fig12"])
-    assert split_arguments(["sgd-dln"]) == (PAPER, ALL)
+    for alone in (["sgd-dln"], ["all", "fig99"], ["sgd-dln", "all", "fig3"], ["fig3", "all"]):
+        with pytest.raises(ValueError) as info:        # never a silent whole-paper run
+            split_arguments(alone)
+        assert "\n" not in str(info.value) and str(info.value).startswith("name=")
     assert split_arguments(["fig3", "fig1"]) == (PAPER, ["fig1", "fig3"])
     assert split_arguments(["sgd-dln", "all"]) == (PAPER, ALL)
     assert get_paper("sgd-dln") is PAPER and DEFAULT_PAPER == "sgd-dln" and PAPERS["sgd-dln"] is PAPER

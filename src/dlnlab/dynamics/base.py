@@ -92,6 +92,7 @@ class Stepper:
     name: ClassVar[str] = "stepper"
     uses_step_size: ClassVar[bool] = False
     hyperparameters_type: ClassVar[type] = Hyperparameters
+    required_hyperparameters: ClassVar[tuple[str, ...]] = ("learning_rate",)
 
     def init(self, weights):
         """Initial state from weights ``(d_l, d_{l-1}, *R)``."""
@@ -106,6 +107,10 @@ class Stepper:
         if unknown:
             raise ValueError(f"hparams.{unknown[0]}={values[unknown[0]]!r}: not a hyperparameter of "
                              f"{type(self).__name__} (valid: {', '.join(fields)})")
+        missing = [k for k in self.required_hyperparameters if values.get(k) is None]
+        if missing:
+            raise ValueError(f"hparams.{missing[0]}=None: required by {type(self).__name__} "
+                             f"(required: {', '.join(self.required_hyperparameters)})")
         return self.hyperparameters_type(**values)
 
     def time_step(self, hparams):

@@ -21,11 +21,11 @@ from .method import ConformanceCase, Method, MethodSettings, Section, section_st
 
 class IsotropicHyperparameters(NamedTuple):
     """Hyperparameters of isotropic Langevin: those of :class:`StepSizeHyperparameters` and the
-    ``temperature`` ``T`` (noise ``sqrt(2 T h) z`` per step)."""
+    ``temperature`` ``T`` (noise ``sqrt(2 T h) z`` per step; required: no silent default)."""
     learning_rate: Any
     batch_size: Any = 1.0
     step_size: Any = None
-    temperature: Any = 0.0
+    temperature: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +122,7 @@ class IsotropicLangevin(Stepper):
     name: ClassVar[str] = "isotropic"
     uses_step_size: ClassVar[bool] = True
     hyperparameters_type: ClassVar[type] = IsotropicHyperparameters
+    required_hyperparameters: ClassVar[tuple[str, ...]] = ("learning_rate", "temperature")
 
     def __post_init__(self):
         if len(self.widths) < 2 or self.widths[0] != self.task.d_in or self.widths[-1] != self.task.d_out:
@@ -186,7 +187,7 @@ def _prepare_isotropic(weights, task, settings: MethodSettings) -> dict:
 
 def _isotropic_hyperparameters(settings: MethodSettings, prepared: dict):
     return IsotropicHyperparameters(settings.learning_rate, float(settings.batch_size),
-                                    settings.step_size, prepared.get("temperature", 0.0))
+                                    settings.step_size, prepared["temperature"])
 
 
 ANISOTROPIC = Method(

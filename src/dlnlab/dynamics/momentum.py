@@ -25,10 +25,10 @@ from .method import ConformanceCase, Method, MethodSettings, Section
 
 class MomentumHyperparameters(NamedTuple):
     """``learning_rate`` ``eta``, ``batch_size`` ``B`` (a number, as for SGD) and ``momentum``
-    ``mu`` in ``[0, 1)`` (scalars or arrays of shape ``R``)."""
+    ``mu`` in ``[0, 1)`` (scalars or arrays of shape ``R``; required: no silent default)."""
     learning_rate: Any
     batch_size: Any = 1.0
-    momentum: Any = 0.0
+    momentum: Any = None
 
 
 class MomentumState(NamedTuple):
@@ -47,6 +47,7 @@ class MomentumSGD(Stepper):
     batch_size: int = 1
     name: ClassVar[str] = "momentum_sgd"
     hyperparameters_type: ClassVar[type] = MomentumHyperparameters
+    required_hyperparameters: ClassVar[tuple[str, ...]] = ("learning_rate", "momentum")
 
     def __post_init__(self):
         v.positive_int("batch_size", self.batch_size)

@@ -58,19 +58,40 @@ def family_hyperparameters(stepper: Stepper, hparams):
     it has is one of the family's (the missing ones take their defaults: ``Hyperparameters(eta)``
     serves an SDE with ``h = eta``); a field the family does not have is a one-line error."""
     expected = stepper.hyperparameters_type
-    if isinstance(hparams, expected):
-        return hparams
     fields = getattr(hparams, "_fields", None)
     if fields is None:
         v.fail("hparams", type(hparams).__name__,
                f"must be {expected.__name__}({', '.join(expected._fields)}) for "
                f"{type(stepper).__name__} (stepper.hyperparameters(...) builds it)")
-    foreign = [f for f in fields if f not in expected._fields]
-    if foreign:
-        v.fail(f"hparams.{foreign[0]}", getattr(hparams, foreign[0]),
-               f"not a hyperparameter of {type(stepper).__name__} "
-               f"(valid: {', '.join(expected._fields)})")
-    return expected(**{f: getattr(hparams, f) for f in fields})
+    if not isinstance(hparams, expected):
+        defaults = type(hparams)._field_defaults
+        foreign = [f for f in fields if f not in expected._fields
+                   and not _is_default(getattr(hparams, f), defaults.get(f, _NO_DEFAULT))]
+        if foreign:
+            v.fail(f"hparams.{foreign[0]}", getattr(hparams, foreign[0]),
+                   f"not a hyperparameter of {type(stepper).__name__} "
+                   f"(valid: {', '.join(expected._fields)})")
+        hparams = expected(**{f: getattr(hparams, f) for f in fields if f in expected._fields})
+    for name in stepper.required_hyperparameters:
+        if getattr(hparams, name) is None:
+            v.fail(f"hparams.{name}", None, f"required by {type(stepper).__name__} (a number or "
+                   "one per run)")
+    return hparams
+
+
+_NO_DEFAULT = object()
+
+
+def _is_default(value, default) -> bool:
+    """``value`` is the field's default (``None``, or the same scalar number)."""
+    if value is default:
+        return True
+    if default is _NO_DEFAULT or default is None or value is None:
+        return False
+    try:
+        return bool(np.ndim(value) == 0 and float(value) == float(default))
+    except (TypeError, ValueError):
+        return False
 
 
 def _broadcast_hparams(stepper: Stepper, hparams, num_runs: int, dtype):
@@ -267,9 +288,19 @@ def _load_checkpoint(path: Path, fingerprint, state, records):
                 int(data["position"]), int(data["index"]))
 
 
-def _phases(stepper, hp, schedule: Schedule, num_runs, dtype):
+def _phases(stepper, hp, schedule: Schedule, num_runs, dtype, state):
     phases = [(0, stepper, hp)]
-    for at, st, hps in schedule.switches:
+    structure = jax.tree_util.tree_structure(state)
+    for entry in schedule.switches:
+        if not isinstance(entry, tuple | list) or len(entry) != 3:
+            v.fail("schedule", entry, "each switch is (step, stepper, hparams)")
+        at, st, hps = entry
+        if not isinstance(st, Stepper):
+            v.fail("schedule", type(st).__name__, "a switch's stepper must be a dlnlab Stepper")
+        if jax.tree_util.tree_structure(jax.eval_shape(st.init, state.weights)) != structure:
+            v.fail("schedule", type(st).__name__,
+                   f"a switch must keep the state's structure ({type(stepper).__name__} -> "
+                   f"{type(st).__name__} changes it)")
         at = int(at)
         if at <= phases[-1][0]:
             v.fail("switches", at, "switch steps must be increasing and > 0")
@@ -333,10 +364,10 @@ def simulate(stepper: Stepper, weights, hparams, key, recording, *, layout: Layo
     run_group, num_devices, padded = _layout(num_runs, layout.run_group, layout.parallel)
     stepper = _with_dtype(stepper, dtype)
     hp = _broadcast_hparams(stepper, hparams, num_runs, dtype)
-    phases = _phases(stepper, hp, schedule, num_runs, dtype)
     keys = run_keys(key, num_runs, run_offset)
     words = key_words(keys)                                           # (2, R)
     state = initial_state(stepper, weights)
+    phases = _phases(stepper, hp, schedule, num_runs, dtype, state)
     diverged = jnp.full((num_runs,), -1, jnp.int32)
     pad = _padder(num_runs, padded)
 

@@ -218,6 +218,8 @@ def run_experiment(config: ExperimentConfig, *, progress_factory=None, checkpoin
     data = xr.concat(parts, dim="method", coords="minimal", compat="override", join="outer")
     data = data.assign_coords(method=list(config.methods),
                               method_label=("method", [get_method(m).label for m in config.methods]),
+                              method_colour=("method", [get_method(m).colour
+                                                        for m in config.methods]),
                               step_size=("method", [config.step_size(m) for m in config.methods]))
     data = data.merge(theory_overlays(config, task, weights, times))
     data["isotropic_temperature"] = float(prepared.get("isotropic", {}).get("temperature", 0.0))

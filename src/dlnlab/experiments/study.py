@@ -124,6 +124,10 @@ class Paper:
             raise ValueError(f"name=[]: give a study of paper {self.name!r} "
                              f"({', '.join(self.names)}) or 'all'")
         if "all" in names:
+            if len(names) > 1:
+                others = [n for n in names if n != "all"]
+                raise ValueError(f"name={others[0]!r}: 'all' already names every study of paper "
+                                 f"{self.name!r}; give 'all' alone or study names")
             return self.names
         unknown = [n for n in names if n not in self.names]
         if unknown:

@@ -31,11 +31,15 @@ def get_paper(name: str | Paper) -> Paper:
 
 def split_arguments(arguments) -> tuple[Paper, list[str]]:
     """``[PAPER] NAME...`` as the command line gives them -> ``(paper, names)``: the first
-    argument is a paper if it names one, else a study of the default paper; a paper alone means
-    all its studies. Names are checked (one-line ``ValueError`` listing the valid ones)."""
+    argument is a paper if it names one, else a study of the default paper; the studies are
+    named, or ``all`` (a paper alone is an error: a whole paper takes minutes to an hour). Names
+    are checked (one-line ``ValueError`` listing the valid ones)."""
     arguments = [arguments] if isinstance(arguments, str) else list(arguments or [])
     if arguments and arguments[0] in PAPERS:
-        paper, names = PAPERS[arguments[0]], arguments[1:] or ["all"]
+        paper, names = PAPERS[arguments[0]], arguments[1:]
+        if not names:
+            raise ValueError(f"name={paper.name!r}: give its studies ({', '.join(paper.names)}) "
+                             "or 'all' after the paper")
     else:
         paper, names = PAPERS[DEFAULT_PAPER], arguments
     if not names:

@@ -106,7 +106,9 @@ def loss_figure(ds: xr.Dataset):
     for index in range(ds.sizes["method"]):
         d = ds.isel(method=index)
         loss = d.loss.transpose("run", "time").values
-        ax.plot(t, np.nanmedian(loss, axis=0), lw=1.5, label=str(d.method_label.values))
+        colour = str(d.method_colour.values) if "method_colour" in d.coords else None
+        ax.plot(t, np.nanmedian(loss, axis=0), lw=1.5, color=colour,
+                label=str(d.method_label.values))
     ax.set_yscale("log")
     ax.set_xlabel(TIME_LABEL)
     ax.set_ylabel("training loss (median over runs)")
