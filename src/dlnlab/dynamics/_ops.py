@@ -30,7 +30,7 @@ from .._types import Array
 BROADCAST_MAX_WIDTH = 32
 
 
-def _lift(a: Array, ndim: int) -> Array:
+def lift(a: Array, ndim: int) -> Array:
     """Append singleton axes so ``a`` has ``ndim`` dimensions (aligns unbatched operands)."""
     return a.reshape(a.shape + (1,) * (ndim - a.ndim)) if a.ndim < ndim else a
 
@@ -41,8 +41,8 @@ def mm(a: Array, b: Array) -> Array:
     if nd == 2:
         return a @ b
     if max(a.shape[0], a.shape[1], b.shape[1]) > BROADCAST_MAX_WIDTH:
-        return jnp.einsum("ik...,kj...->ij...", _lift(a, nd), _lift(b, nd))
-    a, b = _lift(a, nd), _lift(b, nd)
+        return jnp.einsum("ik...,kj...->ij...", lift(a, nd), lift(b, nd))
+    a, b = lift(a, nd), lift(b, nd)
     return jnp.sum(a[:, :, None] * b[None, :, :], axis=1)
 
 
@@ -51,7 +51,7 @@ def mv(a: Array, x: Array) -> Array:
     nd = max(a.ndim, x.ndim + 1)
     if nd == 2:
         return a @ x
-    a, x = _lift(a, nd), _lift(x, nd - 1)
+    a, x = lift(a, nd), lift(x, nd - 1)
     return jnp.sum(a * x[None], axis=1)
 
 
@@ -60,7 +60,7 @@ def mtv(a: Array, x: Array) -> Array:
     nd = max(a.ndim, x.ndim + 1)
     if nd == 2:
         return a.T @ x
-    a, x = _lift(a, nd), _lift(x, nd - 1)
+    a, x = lift(a, nd), lift(x, nd - 1)
     return jnp.sum(a * x[:, None], axis=0)
 
 
@@ -140,11 +140,6 @@ def counter_uniforms(words: Array, counter, count: int, stream: int, dtype=jnp.f
 
 
 # ------------------------------------------------------------------ DLN products (runs-minor)
-def lift(a: Array, ndim: int) -> Array:
-    """Public name of :func:`_lift` for the stepper modules of this package."""
-    return _lift(a, ndim)
-
-
 def prefix_products(weights):
     """``B_l = W_{l-1} ... W_1`` (``None`` for the identity ``B_1``) and ``W = B_{L+1}``."""
     rights = [None]
@@ -177,13 +172,13 @@ def error_and_loss(task, moments, end):
     """Error matrix ``G`` (gradient ``A^T G B^T``), the residual ``W - M`` (online; ``None``
     offline) and the training loss per run."""
     if moments is None:
-        d = end - _lift(task.teacher, end.ndim)
+        d = end - lift(task.teacher, end.ndim)
         g = d if task.whitened else mm(d, task.input_covariance)
         noise = 0.0 if task.label_covariance is None else 0.5 * jnp.trace(task.label_covariance)
         return g, d, 0.5 * jnp.sum(g * d, axis=(0, 1)) + noise
     sxx, syx, syy = moments
     ws = mm(end, sxx)
-    syx_l = _lift(syx, end.ndim)
+    syx_l = lift(syx, end.ndim)
     loss = 0.5 * jnp.sum(ws * end, axis=(0, 1)) - jnp.sum(syx_l * end, axis=(0, 1)) + 0.5 * syy
     return ws - syx_l, None, loss
 
