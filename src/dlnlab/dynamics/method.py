@@ -101,6 +101,11 @@ class Method:
     online_only: bool = False
     minibatch: bool = False
 
+    @property
+    def needs_preparation(self) -> bool:
+        """Whether :attr:`prepare` does host-side work from the runs' initial weights."""
+        return self.prepare is not _no_preparation
+
 
 def section_step_size(default_factor: float):
     """``step_size(settings)``: the section's ``step_size``, else ``default_factor x`` the

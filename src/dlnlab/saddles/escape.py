@@ -42,8 +42,8 @@ from .certify import MINIMUM, NOT_CRITICAL, minimum_loss
 
 # Registered methods that act on the weights and need no host-side preparation: the escape
 # experiments can run any of them; the default set is GD, SGD and the anisotropic SDE.
-METHODS = tuple(m.name for m in REGISTERED_METHODS if m.state == "weights"
-                and m.prepare is REGISTERED_METHODS[0].prepare)
+METHODS = tuple(m.name for m in REGISTERED_METHODS
+                if m.state == "weights" and not m.needs_preparation)
 DEFAULT_METHODS = ("gd", "sgd", "sde")
 
 
