@@ -26,7 +26,6 @@ from dlnlab.analysis import (
     moments_with_se,
     peak_rows,
     peak_rows_with_deviation,
-    select_method,
     teacher_rank,
     training_parameters,
     transit_deviation,
@@ -157,12 +156,12 @@ def _run_dataset():
                      s[None, None, :, None])                  # (method, run, mode, time)
     amp = np.moveaxis(amp, 2, 3)                              # (method, run, time, mode)
     diff = amp * (s - amp)                                    # peaks at a = s / 2
-    ds = xr.Dataset({"amplitude": (("method", "run", "time", "mode"), amp),
-                     "diffusion": (("method", "run", "time", "mode"), diff),
-                     "reduced_diffusion": (("method", "run", "time", "mode"), 1.1 * diff),
+    ds = xr.Dataset({"amplitude": (("method_name", "run", "time", "mode"), amp),
+                     "diffusion": (("method_name", "run", "time", "mode"), diff),
+                     "reduced_diffusion": (("method_name", "run", "time", "mode"), 1.1 * diff),
                      "spectrum": ("mode", s),
                      "theory_peak_amplitude": ("mode", s / 2)},
-                    coords={"method": ["sgd", "sde"], "run": [0, 1, 2], "time": t,
+                    coords={"method_name": ["sgd", "sde"], "run": [0, 1, 2], "time": t,
                             "mode": [0, 1, 2]})
     ds.attrs.update(learning_rate=0.01, depth=4, unrelated="x")
     return ds
@@ -172,18 +171,18 @@ def test_dataset_summaries_select_count_and_read_parameters():
     ds = _run_dataset()
     assert teacher_rank(ds) == 2
     assert training_parameters(ds) == {"learning_rate": 0.01, "depth": 4}
-    sde = select_method(ds, "sde")
+    sde = ds.sel(method_name="sde")
     np.testing.assert_array_equal(sde.amplitude.values, ds.amplitude.values[1])
     events = with_events(ds, 2)
     assert events.sizes["mode"] == 2
     # run 0 of sgd: a = 0.2 t s, so a = 0.9 s at t = 4.5 and a = s / 2 at t = 2.5
-    assert float(events.t_90.isel(method=0, run=0, mode=0)) == pytest.approx(4.5)
-    assert float(events.t_half.isel(method=0, run=0, mode=1)) == pytest.approx(2.5)
+    assert float(events.t_90.isel(method_name=0, run=0, mode=0)) == pytest.approx(4.5)
+    assert float(events.t_half.isel(method_name=0, run=0, mode=1)) == pytest.approx(2.5)
 
 
 def test_transit_deviation_and_peak_rows_against_loops():
     ds = with_events(_run_dataset(), 2)
-    d = select_method(ds, "sgd")
+    d = ds.sel(method_name="sgd")
     dev = transit_deviation(d).values
     for a in range(2):
         s = float(d.spectrum[a])

@@ -91,14 +91,14 @@ def test_run_directory_is_complete_and_self_consistent(tiny_run):
     figures = {p.name for p in (tiny_run / "figures").iterdir()}
     assert {f"{n}.{e}" for n in ("amplitudes", "diffusion", "loss") for e in ("png", "pdf")} <= figures
     ds = load_results(tiny_run)
-    assert list(ds.method.values) == ["gd", "sgd", "sde", "isotropic", "reduced"]
+    assert list(ds.method_name.values) == ["gd", "sgd", "sde", "isotropic", "reduced"]
     assert ds.sizes["run"] == 3 and ds.sizes["time"] == 11
-    assert ds.amplitude.dims == ("method", "run", "time", "mode")
-    assert ds.cross_amplitude.dims == ("method", "run", "time", "mode", "mode2")
+    assert ds.amplitude.dims == ("method_name", "run", "time", "mode")
+    assert ds.cross_amplitude.dims == ("method_name", "run", "time", "mode", "mode2")
     np.testing.assert_allclose(ds.time.values, np.linspace(0, 2, 11))
     # The recorded step is t / h for every method.
-    for m, h in zip(ds.method.values, ds.step_size.values, strict=True):
-        np.testing.assert_array_equal(ds.step.sel({"method": m}).values.ravel(),
+    for m, h in zip(ds.method_name.values, ds.step_size.values, strict=True):
+        np.testing.assert_array_equal(ds.step.sel(method_name=m).values.ravel(),
                                       np.round(ds.time.values / h).astype(int))
     # Theory overlay = the theory library on the same inputs.
     peak = diffusion_peak(np.asarray([1.0, 2 / 3, 1 / 3]), 4, 0.0)
@@ -106,12 +106,12 @@ def test_run_directory_is_complete_and_self_consistent(tiny_run):
     # Every method starts from the same weights: identical amplitudes at t = 0 (reduced: |a|).
     a0 = ds.amplitude.isel(time=0)
     for m in ("sgd", "sde", "isotropic"):
-        np.testing.assert_array_equal(a0.sel({"method": m}).values, a0.sel({"method": "gd"}).values)
+        np.testing.assert_array_equal(a0.sel(method_name=m).values, a0.sel(method_name="gd").values)
     # float32 amplitudes from two reduction orders: |error| <= d_in d_out eps ||W(0)||_F.
-    norm = np.sqrt((ds.singular_value.isel(time=0).sel({"method": "gd"}).values ** 2).sum(-1))
+    norm = np.sqrt((ds.singular_value.isel(time=0).sel(method_name="gd").values ** 2).sum(-1))
     atol = 144 * np.finfo(np.float32).eps * norm.max()
-    np.testing.assert_allclose(a0.sel({"method": "reduced"}).values,
-                               np.abs(a0.sel({"method": "gd"}).values), rtol=0, atol=atol)
+    np.testing.assert_allclose(a0.sel(method_name="reduced").values,
+                               np.abs(a0.sel(method_name="gd").values), rtol=0, atol=atol)
     # The resolved config reruns to the same config.
     assert load_config(tiny_run / "config.toml") == load_config(None, TINY)
     assert "jax_version" in ds.attrs and ds.attrs["seed"] == 0
@@ -123,7 +123,7 @@ def test_summary_numbers_come_from_the_dataset(tiny_run):
     assert summary == json.loads(json.dumps(summarise(ds), default=float)) | {
         k: summary[k] for k in ("config", "provenance")}
     row = summary["methods"]["sgd"]["modes"][0]
-    amp = ds.amplitude.sel({"method": "sgd"}).isel(mode=0).transpose("run", "time").values
+    amp = ds.amplitude.sel(method_name="sgd").isel(mode=0).transpose("run", "time").values
     times = [_first_crossing(ds.time.values, amp[r], 0.5) for r in range(amp.shape[0])]
     expected = float(np.nanmedian(times)) if np.any(np.isfinite(times)) else None
     assert row["t_half"] == (None if expected is None else pytest.approx(expected, rel=1e-12))
@@ -237,6 +237,6 @@ def test_every_example_runs(path):
     horizon = 0.2 if not config.training.schedule else config.training.schedule[-1].time + 0.1
     config = load_config(path, ["runs=2", f"training.horizon={horizon}", "record.points=3"])
     data = run_experiment(config)
-    assert list(data.method.values) == config.methods
+    assert list(data.method_name.values) == config.methods
     assert np.all(np.isfinite(data.loss.values))
     assert set(np.unique(data.status.values)) == {"ok"}

@@ -75,7 +75,7 @@ def test_momentum_sgd_runs_from_a_config_and_momentum_zero_is_sgd():
                               "momentum_sgd": {"momentum": 0.0},
                               "training": {"horizon": 0.5}, "record": {"points": 6}})
     ds = run_experiment(config)
-    sgd, heavy = ds.isel(method=0), ds.isel(method=1)
+    sgd, heavy = ds.isel(method_name=0), ds.isel(method_name=1)
     assert str(heavy.method_label.values) == dy.get_method("momentum_sgd").label
     for name in ("loss", "amplitude", "diffusion", "singular_value"):
         np.testing.assert_array_equal(sgd[name].values, heavy[name].values, err_msg=name)

@@ -166,13 +166,13 @@ def test_fig3_peak_fractions_recomputed(quick_out):
     claim = _claims(quick_out, "fig3")["fig3-peak-precedes-learning"]
     t = ds.time.values
     rows = {(r["method"], r["mode"]): r for r in claim["values"]["rows"]}
-    for j, m in enumerate(ds.method.values):
+    for j, m in enumerate(ds.method_name.values):
         for a in range(ds.sizes["mode"]):
             s = float(ds.spectrum.values[a])
             before = valid = 0
             for run in range(ds.sizes["run"]):
-                amp = ds.amplitude.isel(method=j, mode=a, run=run).values
-                diff = ds.diffusion.isel(method=j, mode=a, run=run).values
+                amp = ds.amplitude.isel(method_name=j, mode=a, run=run).values
+                diff = ds.diffusion.isel(method_name=j, mode=a, run=run).values
                 t90 = _first_at_least(t, amp, 0.9 * s)
                 tp = _peak_time(t, amp, diff, s)
                 if np.isfinite(t90) and np.isfinite(tp):
@@ -206,7 +206,7 @@ def test_scaling_fits_recomputed(quick_out, name, coord):
         # and the plotted values are the run maxima of the raw experiment
     meta = json.loads((quick_out / name / "study.json").read_text())
     raw = xr.load_dataset(quick_out / meta["experiments"][0]["file"], engine="h5netcdf")
-    first = raw.diffusion.isel(method=0, mode=0).values.max(axis=1)
+    first = raw.diffusion.isel(method_name=0, mode=0).values.max(axis=1)
     key = float(meta["experiments"][0]["key"])
     index = int(np.argmin(np.abs(ds[coord].values.astype(float) - key)))
     np.testing.assert_allclose(ds.max_diffusion.isel({coord: index, "mode": 0}).values, first)
@@ -230,10 +230,10 @@ def test_fig2_order_and_time_scale_recomputed(quick_out):
     t = ds.time.values
     s = ds.spectrum.values
     all_learned = {}
-    for j, m in enumerate(ds.method.values):
+    for j, m in enumerate(ds.method_name.values):
         ordered, last = 0, []
         for run in range(ds.sizes["run"]):
-            times = [_first_at_least(t, ds.amplitude.isel(method=j, run=run, mode=a).values,
+            times = [_first_at_least(t, ds.amplitude.isel(method_name=j, run=run, mode=a).values,
                                      0.9 * s[a]) for a in range(ds.sizes["mode"])]
             ordered += all(np.isfinite(times)) and all(np.diff(times) > 0)
             last.append(max(times) if all(np.isfinite(times)) else math.nan)
@@ -258,14 +258,14 @@ def test_fig4_statistics_recomputed(quick_out):
     s = float(ds.spectrum)
     window = ds.time.values >= ds.attrs["window_start"]
     for m in ("sgd", "sde"):
-        a = ds.amplitude.sel({"noise": "label", "method": m}).values
+        a = ds.amplitude.sel(noise="label", method_name=m).values
         a = a[np.isfinite(a).all(axis=1)]
         per_run = a[:, window].mean(axis=1)
         entry = claims["fig4-mean-side"]["values"][m]
         assert entry["mean_minus_s"] == pytest.approx(per_run.mean() - s, abs=1e-9)
         assert entry["se"] == pytest.approx(per_run.std(ddof=1) / math.sqrt(per_run.size),
                                             rel=1e-6)
-    final = ds.amplitude.sel({"noise": "label", "method": "sgd"}).isel(time=-1).values
+    final = ds.amplitude.sel(noise="label", method_name="sgd").isel(time=-1).values
     final = final[np.isfinite(final)]
     c = final - final.mean()
     skew = np.mean(c**3) / np.mean(c**2) ** 1.5
@@ -273,7 +273,7 @@ def test_fig4_statistics_recomputed(quick_out):
     got = claims["fig4-gaussian"]["values"]
     assert got["skewness"] == pytest.approx(skew, rel=1e-9)
     assert got["excess_kurtosis"] == pytest.approx(kurt, rel=1e-9)
-    clean = ds.amplitude.sel({"noise": "none", "method": "sgd"}).isel(time=-1).values
+    clean = ds.amplitude.sel(noise="none", method_name="sgd").isel(time=-1).values
     clean = clean[np.isfinite(clean)]
     assert claims["fig4-collapse"]["values"]["sd"] == pytest.approx(np.std(clean, ddof=1),
                                                                      rel=1e-9)
@@ -444,7 +444,7 @@ def _tiny_paper(tmp_claim_verdict="supported"):
         return {"gd": validate_config({**base, "name": "tiny-gd", "runs": 2 if quick else 3})}
 
     def loss_analyse(data):
-        loss = data["gd"].loss.isel(method=0).transpose("run", "time")
+        loss = data["gd"].loss.isel(method_name=0).transpose("run", "time")
         return xr.Dataset({"loss": loss, "loss_drop": loss.isel(time=0) - loss.isel(time=-1)})
 
     def loss_numbers(ds):
@@ -457,7 +457,7 @@ def _tiny_paper(tmp_claim_verdict="supported"):
                           "every run", "supported" if ok else "refuted")]
 
     def amp_analyse(data):
-        return xr.Dataset({"final_amplitude": data["gd"].amplitude.isel(method=0, time=-1)})
+        return xr.Dataset({"final_amplitude": data["gd"].amplitude.isel(method_name=0, time=-1)})
 
     def amp_claims(ds):
         return [claim_row("amp-not-testable", "Amplitudes are what they are.", "§2", "amp",

@@ -98,8 +98,8 @@ def test_cli_sample_certify_escape(tmp_path, capsys):
     run("escape", "--out", out, "--steps", "300", "--runs", "2", "--methods", "sgd")
     esc = read_dataset(os.path.join(out, "escape.nc"))
     assert sd.load_config(sd.EscapeConfig, os.path.join(out, "escape.toml")).methods == ["sgd"]
-    assert esc["escape_time"].dims == ("method", "point", "run")
-    assert list(esc["method"].values) == ["sgd"]
+    assert esc["escape_time"].dims == ("method_name", "point", "run")
+    assert list(esc["method_name"].values) == ["sgd"]
     assert os.path.getsize(os.path.join(out, "figures", "escape_times.pdf")) > 1000
     printed = capsys.readouterr().out
     assert "points certified" in printed and "escaped" in printed

@@ -102,7 +102,7 @@ def _numpy_sgd_rate(weights, teacher, lr: float, min_seconds: float) -> float:
 
 
 def _numpy_dense_sde_rate(weights, teacher, lr: float, h: float, min_seconds: float) -> float:
-    """One run: per step form the dense noise covariance (P x P, THEORY §3 block formula),
+    """One run: per step form the dense noise covariance (P x P, docs/theory.md §3 block formula),
     factorise it with ``eigh`` (it is singular: Cholesky fails), sample, Euler-Maruyama step."""
     ws = [np.array(w, dtype=np.float64) for w in weights]
     m = np.array(teacher, dtype=np.float64)

@@ -101,7 +101,7 @@ def theory(
     console = Console(width=None if sys.stdout.isatty() else 120)
     console.print(table)
     console.print("t_half: gradient-flow time from a0 to s/2. a_peak: diffusion peak (eq. 9); "
-                  "max?: it is the maximum of D_a on (0, s]. Stationary law (THEORY §8): "
+                  "max?: it is the maximum of D_a on (0, s]. Stationary law (docs/theory.md §9): "
                   "first order in eta/B ('1st') and quadrature ('quad').")
     if label_noise == 0.0:
         console.print("sigma = 0: each stationary law is a Dirac mass at s (variance 0).")

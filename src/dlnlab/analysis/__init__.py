@@ -16,7 +16,6 @@ from .stats import (
 from .summaries import (
     peak_rows,
     peak_rows_with_deviation,
-    select_method,
     teacher_rank,
     training_parameters,
     transit_deviation,
@@ -26,6 +25,6 @@ from .summaries import (
 __all__ = ["VERDICTS", "bootstrap_ratio_se", "claim_row", "crossing_times", "diffusion_peaks",
            "finite_median", "finite_quartiles", "format_number", "json_safe", "learning_events",
            "linear_fit", "mean_and_se", "median_abs_deviation_from", "moments_with_se",
-           "peak_rows", "peak_rows_with_deviation", "select_method", "teacher_rank",
+           "peak_rows", "peak_rows_with_deviation", "teacher_rank",
            "training_parameters", "transit_deviation", "verdict_summary", "wilson_interval",
            "with_events"]

@@ -1,5 +1,5 @@
 """Per-run learning events of a mode: when its amplitude crosses a level, where its modewise
-diffusion peaks (THEORY §7: the maximum of ``D_a`` before ``a`` first reaches ``s``)."""
+diffusion peaks (docs/theory.md §8: the maximum of ``D_a`` before ``a`` first reaches ``s``)."""
 
 from __future__ import annotations
 

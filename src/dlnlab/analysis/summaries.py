@@ -18,11 +18,6 @@ from .stats import finite_median, wilson_interval
 TRAINING_PARAMETERS = ("learning_rate", "batch_size", "label_noise", "depth")
 
 
-def select_method(ds: xr.Dataset, name: str) -> xr.Dataset:
-    """One method of a run dataset (``ds.sel(method=...)`` would hit sel's own argument)."""
-    return ds.isel(method=[str(m) for m in ds.method.values].index(name))
-
-
 def teacher_rank(ds: xr.Dataset) -> int:
     """Number of teacher modes (``s > 0``)."""
     return int(np.sum(ds.spectrum.values > 0))

@@ -1,4 +1,4 @@
-"""Losses and gradients (THEORY §1-§2, paper Prop. 3.1).
+"""Losses and gradients (docs/theory.md §1-§2, paper Prop. 3.1).
 
 Per-sample loss ``l = 0.5 ||W x - y||^2``; population loss
 ``L = 0.5 tr(D S_x D^T) + 0.5 tr(S_eps)`` with ``D = W - M``; empirical loss

@@ -1,4 +1,4 @@
-"""Mode amplitudes, NTK operator, modewise diffusion and Ito drift (THEORY §5, Prop. 3.3-3.4).
+"""Mode amplitudes, NTK operator, modewise diffusion and Ito drift (docs/theory.md §5, Prop. 3.3-3.4).
 
 Amplitude of a linear functional ``a = u^T W v``; its gradient is ``d a / d W_l = A_l^T u v^T B_l^T``
 and ``N = Theta(u v^T) = sum_l p_l q_l^T`` with ``p_l = A_l A_l^T u``, ``q_l = B_l^T B_l v``.
@@ -66,7 +66,7 @@ def functional_factors(weights, left: Array, right: Array) -> tuple[Array, Array
 def gradient_flow_mode_drift(weights, task: Task) -> Array:
     """``-u_a^T Theta(G) v_a`` per mode: the gradient-flow drift of ``a_a`` at any state.
 
-    ``G = D S_x`` online (THEORY §5), ``W S_xx - S_yx`` offline. Shape ``(r,)``.
+    ``G = D S_x`` online (docs/theory.md §5), ``W S_xx - S_yx`` offline. Shape ``(r,)``.
     """
     v.check_weights(weights, task.d_in, task.d_out)
     p, q = functional_factors(weights, task.left, task.right)
@@ -87,7 +87,7 @@ def _noise_projections_offline(weights, task: Task, p: Array, q: Array) -> Array
 def amplitude_covariation(weights, task: Task, left: Array, right: Array, learning_rate,
                           batch_size=1, replacement: bool = True,
                           diagonal: bool = False) -> Array:
-    """``d[a_i, a_j]/dt`` for amplitudes ``a_i = left[:, i]^T W right[:, i]`` (THEORY §5).
+    """``d[a_i, a_j]/dt`` for amplitudes ``a_i = left[:, i]^T W right[:, i]`` (docs/theory.md §5).
 
     ``eta c (<F_i, F_j> + tr(F_i F_j) + tr(N_i^T S_eps N_j S_x))`` online, ``eta c Cov_n(<N_i,
     R>, <N_j, R>)`` offline. Shape ``(k, k)``, or ``(k,)`` with ``diagonal=True``.
@@ -163,7 +163,7 @@ def amplitude_ito_drift(weights, task: Task, left: Array, right: Array, learning
     """Ito drift ``(eta c/2) tr(Hess a_i Sigma)`` of ``a_i = left_i^T W right_i``, shape ``(k,)``.
 
     Only mixed layer pairs enter (``a`` is multilinear): ``eta c sum_{l<m} p_m^T E[R Gamma_lm R]
-    q_l`` with ``Gamma_lm = B_m^T C_ml A_l^T`` (THEORY §5). Zero at depth 1.
+    q_l`` with ``Gamma_lm = B_m^T C_ml A_l^T`` (docs/theory.md §5). Zero at depth 1.
     """
     v.check_weights(weights, task.d_in, task.d_out)
     v.finite_scalar("learning_rate", learning_rate, minimum=0.0)
@@ -186,6 +186,6 @@ def amplitude_ito_drift(weights, task: Task, left: Array, right: Array, learning
 
 def ito_drift(weights, task: Task, learning_rate, batch_size=1,
               replacement: bool = True) -> Array:
-    """Exact Ito drift of every teacher mode amplitude, shape ``(r,)`` (Prop. 3.4, THEORY §5)."""
+    """Exact Ito drift of every teacher mode amplitude, shape ``(r,)`` (Prop. 3.4, docs/theory.md §5)."""
     return amplitude_ito_drift(weights, task, task.left, task.right, learning_rate, batch_size,
                                replacement)

@@ -1,4 +1,4 @@
-"""Gradient-noise covariance and exact samplers (THEORY §3, paper Prop. 3.2, App. B, G).
+"""Gradient-noise covariance and exact samplers (docs/theory.md §3, paper Prop. 3.2, App. B, G).
 
 The per-sample noise of layer l is ``xi_l = A_l^T R B_l^T`` with one random matrix ``R``
 (``d_out x d_in``) shared by all layers:
@@ -56,7 +56,7 @@ def offline_residuals(weights, task: Task) -> Array:
 def residual_covariance(weights, task: Task) -> Array:
     """``Cov(vec R)``, shape ``(d_out d_in, d_out d_in)`` (column-stacking ``vec``).
 
-    Online (THEORY §3, with the symmetric root ``S_x^{1/2}``):
+    Online (docs/theory.md §3, with the symmetric root ``S_x^{1/2}``):
     ``(S^½ ⊗ D S^½)(I + K)(S^½ ⊗ D S^½)^T + S_x ⊗ S_eps``. Offline: ``(1/n) sum_i vec R~_i vec R~_i^T``.
     """
     v.check_weights(weights, task.d_in, task.d_out)
@@ -171,7 +171,7 @@ def sample_noise(key, weights, task: Task, num_samples: int, batch_size=1,
                  replacement: bool = True) -> tuple[Array, ...]:
     """``num_samples`` exact Gaussian noise draws ``xi ~ N(0, Sigma(theta) * factor)``.
 
-    Structured sampler (THEORY §3.1 online, §3.2 offline): returns a tuple of arrays of shape
+    Structured sampler (docs/theory.md §4, online and offline): returns a tuple of arrays of shape
     ``(num_samples, d_l, d_{l-1})``. Batch size 1 by default.
     """
     v.check_weights(weights, task.d_in, task.d_out)
@@ -211,7 +211,7 @@ def noise_trace(weights, task: Task, batch_size=1, replacement: bool = True) -> 
     ``E||X Gt Y||^2 = ||X||^2 ||Y||^2 + tr(X^T X Y Y^T)``; label noise adds
     ``||A_l^T S_eps^½||^2 ||Y_l||^2`` (docs/theory.md §5.4). Offline:
     ``(1/n) sum_i sum_l ||A_l^T (R_i - Rbar) B_l^T||^2``. Sets the isotropic temperature
-    ``T = eta tr(Sigma) / (2 B P)`` (THEORY §4).
+    ``T = eta tr(Sigma) / (2 B P)`` (docs/theory.md §4).
     """
     v.check_weights(weights, task.d_in, task.d_out)
     factor = batch_factor(task, batch_size, replacement)

@@ -1,4 +1,4 @@
-"""Partial products of a deep linear network (THEORY §1, paper Prop. 3.1).
+"""Partial products of a deep linear network (docs/theory.md §1, paper Prop. 3.1).
 
 Weights are a tuple ``(W_1, ..., W_L)``, ``W_l`` of shape ``(d_l, d_{l-1})``. With
 ``W = W_L ... W_1``:
@@ -67,7 +67,7 @@ def num_parameters(weights: tuple[Array, ...]) -> int:
 
 
 def flatten_weights(weights: tuple[Array, ...]) -> Array:
-    """``theta = (vec W_1, ..., vec W_L)`` with column-stacking ``vec`` (THEORY §1)."""
+    """``theta = (vec W_1, ..., vec W_L)`` with column-stacking ``vec`` (docs/theory.md §1)."""
     return jnp.concatenate([w.T.reshape(-1) for w in weights])
 
 

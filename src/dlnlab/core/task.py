@@ -1,4 +1,4 @@
-"""The teacher-student task: teacher ``M = U diag(s) V^T``, inputs, label noise, data (THEORY §1).
+"""The teacher-student task: teacher ``M = U diag(s) V^T``, inputs, label noise, data (docs/theory.md §1).
 
 A :class:`Task` is an immutable JAX pytree: every array is a leaf (so tasks can be passed into
 ``jit``-compiled code and vmapped over), and the *structure* (whitened or not, label noise or

@@ -1,4 +1,4 @@
-"""Initialisations: Gaussian, balanced, and aligned-and-balanced states (THEORY §1, §6).
+"""Initialisations: Gaussian, balanced, and aligned-and-balanced states (docs/theory.md §1, §6).
 
 ``widths = (d_0, d_1, ..., d_L)`` with ``d_0 = d_in`` and ``d_L = d_out``; the result is a
 tuple ``(W_1, ..., W_L)``, ``W_l`` of shape ``(d_l, d_{l-1})``.
@@ -84,7 +84,7 @@ def init_balanced(key, widths: Sequence[int], gamma: float, dtype=None) -> tuple
 
 def init_aligned(task: Task, amplitudes, widths: Sequence[int], key=None,
                  dtype=None) -> tuple[Array, ...]:
-    """Aligned and balanced weights with mode amplitudes ``amplitudes`` (THEORY §6).
+    """Aligned and balanced weights with mode amplitudes ``amplitudes`` (docs/theory.md §6).
 
     Every layer is diagonal in the teacher's bases with per-mode value ``c_a = |a_a|^(1/L)``;
     the last layer carries the sign of ``a_a`` (any sign pattern is allowed). Hidden bases are

@@ -41,7 +41,7 @@ def record_steps(num_steps: int, *, every: int | None = None, log_points: int | 
 def steps_for_times(times, time_step: float, num_steps: int | None = None) -> np.ndarray:
     """Steps ``round(t / h)`` for times ``t``; fails if a time is not on the step grid.
 
-    ``t = step * h`` for every method (THEORY §1), so methods with different ``h`` record at
+    ``t = step * h`` for every method (docs/theory.md §1), so methods with different ``h`` record at
     the same times when every requested time is a multiple of each ``h``.
     """
     t = np.asarray(times, dtype=np.float64).ravel()

@@ -487,6 +487,10 @@ def _to_dataset(stepper, records, steps, hp, diverged, run_offset, timing) -> xr
     for k, arr in records.items():
         data[k] = (("run", "time") + OBSERVABLE_DIMS[k], arr)
     coords = {"run": np.arange(run_offset, run_offset + num_runs), "step": ("time", steps)}
+    for k, arr in records.items():   # modes are numbered from 1, as in the papers and figures
+        for axis, dim in enumerate(OBSERVABLE_DIMS[k], start=2):
+            if dim in ("mode", "mode2"):
+                coords.setdefault(dim, np.arange(1, arr.shape[axis] + 1))
     if np.allclose(h, h[0], rtol=1e-12, atol=0):
         coords["time"] = steps * float(h[0])
     else:

@@ -3,7 +3,7 @@
 Paired comparison: every method starts from the same initial weights per run (drawn from
 ``fold_in(init_key, run)``) and uses the same per-run noise key, so run ``i`` of GD, SGD and the
 SDEs differ only by their dynamics. The reduced SDE starts from ``|u_a^T W(0) v_a|``: the
-aligned, balanced closure of THEORY §6 needs a positive amplitude (a negative one never grows
+aligned, balanced closure of docs/theory.md §6 needs a positive amplitude (a negative one never grows
 without label noise), and the sign of a mode is a gauge of the full network's dynamics only
 through the cross modes the closure drops.
 """
@@ -51,7 +51,7 @@ def initial_weights(config: ExperimentConfig, num_runs: int | None = None, task:
     """Per-run initial weights: tuple of ``(runs, d_l, d_{l-1})``; run i from ``fold_in(key, i)``.
 
     ``aligned``: every mode (teacher modes and the zero modes beyond its rank) at amplitude
-    ``init.amplitude``, balanced, with Haar-random hidden bases per run (THEORY §6's manifold).
+    ``init.amplitude``, balanced, with Haar-random hidden bases per run (docs/theory.md §6's manifold).
     """
     num_runs = config.runs if num_runs is None else num_runs
     keys = run_keys(jax.random.fold_in(jax.random.key(config.seed), _INIT), num_runs)
@@ -152,7 +152,8 @@ def theory_overlays(config: ExperimentConfig, task: Task, weights, times) -> xr.
         "theory_stationary_mean": ("mode", stat_mean),
         "theory_stationary_variance": ("mode", stat_var),
         "theory_diffusion_formula": (("mode", "normalised_amplitude"), formula),
-    }, coords={"time": np.asarray(times, dtype=np.float64), "normalised_amplitude": fractions})
+    }, coords={"time": np.asarray(times, dtype=np.float64), "normalised_amplitude": fractions,
+               "mode": np.arange(1, r + 1)})
 
 
 def provenance(config: ExperimentConfig) -> dict:
@@ -215,12 +216,12 @@ def run_experiment(config: ExperimentConfig, *, progress_factory=None, checkpoin
     for ds in parts:
         for key in ("method", "compile_seconds", "run_seconds", "run_steps_per_second", "wall_seconds"):
             ds.attrs.pop(key, None)
-    data = xr.concat(parts, dim="method", coords="minimal", compat="override", join="outer")
-    data = data.assign_coords(method=list(config.methods),
-                              method_label=("method", [get_method(m).label for m in config.methods]),
-                              method_colour=("method", [get_method(m).colour
+    data = xr.concat(parts, dim="method_name", coords="minimal", compat="override", join="outer")
+    data = data.assign_coords(method_name=list(config.methods),
+                              method_label=("method_name", [get_method(m).label for m in config.methods]),
+                              method_colour=("method_name", [get_method(m).colour
                                                         for m in config.methods]),
-                              step_size=("method", [config.step_size(m) for m in config.methods]))
+                              step_size=("method_name", [config.step_size(m) for m in config.methods]))
     data = data.merge(theory_overlays(config, task, weights, times))
     data["isotropic_temperature"] = float(prepared.get("isotropic", {}).get("temperature", 0.0))
     data.attrs.update(provenance(config))
@@ -247,8 +248,8 @@ def summarise(data: xr.Dataset) -> dict:
         x = np.asarray(x, dtype=float)
         return float(np.nanmedian(x)) if x.size and np.any(np.isfinite(x)) else None
 
-    for index, method in enumerate(data.method.values):
-        d = data.isel(method=index)   # (`sel(method=...)` would be sel's own `method` argument)
+    for index, method in enumerate(data.method_name.values):
+        d = data.isel(method_name=index)
         events = learning_events(d).transpose("run", "mode")
         rows = []
         for a in modes:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .config import config_to_toml, load_config
 from .run import run_experiment, summarise
+from .run_table import print_summary
 
 
 def progress_factory(progress, label: str = ""):
@@ -24,31 +25,6 @@ def progress_factory(progress, label: str = ""):
             progress.update(task, completed=done)
         return update
     return factory
-
-
-def print_summary(summary: dict, console) -> None:
-    from rich.table import Table
-
-    table = Table(title="Per method and mode (median over runs; t = step x learning rate)")
-    for header in ("method", "mode", "s", "t(0.5 s)", "t(0.9 s)", "t peak", "a at peak",
-                   "a_peak theory", "runs ok"):
-        table.add_column(header, justify="right", no_wrap=True)
-
-    def fmt(x, spec=".3g"):
-        return "-" if x is None else format(x, spec)
-
-    for info in summary["methods"].values():
-        ok = info["runs"] - len(info["diverged"])
-        for row in info["modes"]:
-            table.add_row(info["label"], str(row["mode"]), fmt(row["s"]), fmt(row["t_half"]),
-                          fmt(row["t_90"]), fmt(row["t_peak"]), fmt(row["a_peak_observed"]),
-                          fmt(row["a_peak_predicted"]), f"{ok}/{info['runs']}")
-    console.print(table)
-    for method, info in summary["methods"].items():
-        if info["diverged"]:
-            first = info["diverged"][0]
-            console.print(f"[yellow]{method}: {len(info['diverged'])} run(s) diverged "
-                          f"(first: run {first['run']} at step {first['step']})[/yellow]")
 
 
 def run_to_directory(config_path=None, overrides=None, out=None, *, quiet: bool = False):

@@ -37,11 +37,11 @@ def amplitude_figure(ds: xr.Dataset):
     """Mode amplitudes over time per method: median over runs (line), 10-90% band, and the
     gradient-flow curve from the mean initial amplitude (dashed)."""
     modes = _live_modes(ds)
-    fig, axes = _grid(ds.sizes["method"])
+    fig, axes = _grid(ds.sizes["method_name"])
     t = ds.time.values
     colors = mpl.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, ax in enumerate(axes):
-        d = ds.isel(method=index)   # (`sel(method=...)` would be sel's own `method` argument)
+        d = ds.isel(method_name=index)
         for i, a in enumerate(modes):
             c = colors[i % len(colors)]
             amp = d.amplitude.isel(mode=a).transpose("run", "time").values
@@ -67,11 +67,11 @@ def diffusion_figure(ds: xr.Dataset, max_runs: int = 12):
     ``theory_diffusion_formula`` (the aligned-balanced ``D(a)`` of docs/theory.md §6, dashed) and
     the predicted peak amplitude (dotted, §7)."""
     modes = _live_modes(ds)
-    fig, axes = _grid(ds.sizes["method"])
+    fig, axes = _grid(ds.sizes["method_name"])
     colors = mpl.rcParams["axes.prop_cycle"].by_key()["color"]
     formula = ds.get("theory_diffusion_formula")
     for index, ax in enumerate(axes):
-        d = ds.isel(method=index)
+        d = ds.isel(method_name=index)
         for i, a in enumerate(modes):
             c = colors[i % len(colors)]
             s = float(ds.spectrum.values[a])
@@ -103,8 +103,8 @@ def loss_figure(ds: xr.Dataset):
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     t = ds.time.values
-    for index in range(ds.sizes["method"]):
-        d = ds.isel(method=index)
+    for index in range(ds.sizes["method_name"]):
+        d = ds.isel(method_name=index)
         loss = d.loss.transpose("run", "time").values
         colour = str(d.method_colour.values) if "method_colour" in d.coords else None
         ax.plot(t, np.nanmedian(loss, axis=0), lw=1.5, color=colour,

@@ -1,5 +1,5 @@
 """Saddle points of deep linear networks: normal form, constraint energy, Boltzmann sampler,
-certification on the true loss, catalogue, escape experiments (THEORY §9; docs/saddles.md).
+certification on the true loss, catalogue, escape experiments (docs/saddles.md).
 
 Conventions as in the rest of ``dlnlab``: weights ``(W_1, ..., W_L)``, ``W_l`` of shape
 ``(d_l, d_{l-1})``; whitened population loss for the normal form; explicit PRNG keys. Configs of

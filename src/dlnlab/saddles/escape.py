@@ -6,7 +6,8 @@ or a uniformly random direction) and escapes at the first step ``k`` with
     L(theta_k) <= L(theta*) - f (L(theta*) - L_min)              (``f`` = ``drop_fraction``),
 
 recorded as the time ``t = k * eta`` (GD, SGD; ``eta`` the learning rate) or ``t = k * h`` (SDE step
-``h``), THEORY §1. The steps (THEORY §4) are the engine's steppers in a ``lax.scan`` that stops
+``h``), docs/theory.md §1. The steps (docs/theory.md §4) are the engine's steppers in a
+``lax.scan`` that stops
 counting at the first passage:
 
 - GD: ``theta <- theta - eta grad L`` (:class:`dlnlab.dynamics.GradientDescent`);
@@ -228,12 +229,12 @@ def escape_experiment(key, ds: xr.Dataset, *, methods=DEFAULT_METHODS, learning_
         predicted = np.full_like(predicted, np.nan)
     out = xr.Dataset(
         {
-            "escape_time": (("method", "point", "run"), np.stack(times),
+            "escape_time": (("method_name", "point", "run"), np.stack(times),
                             {"long_name": "first time t (= step x eta, SDE: step x h) with L <= "
                                           "L* - f (L* - L_min); NaN: no escape"}),
-            "diverged": (("method", "point", "run"), (~np.isfinite(np.stack(finals))).astype(np.int8),
+            "diverged": (("method_name", "point", "run"), (~np.isfinite(np.stack(finals))).astype(np.int8),
                          {"long_name": "1 where the run ended with a non-finite loss (unstable step)"}),
-            "final_loss": (("method", "point", "run"), np.stack(finals),
+            "final_loss": (("method_name", "point", "run"), np.stack(finals),
                            {"long_name": "population loss after num_steps steps"}),
             "smallest_eigenvalue": (("point",), lam, {"long_name": "lambda_min of the Hessian"}),
             "classification": (("point",), cls[chosen]),
@@ -242,7 +243,7 @@ def escape_experiment(key, ds: xr.Dataset, *, methods=DEFAULT_METHODS, learning_
             "linearised_gd_time": (("point",), predicted,
                                    {"long_name": "GD escape time of the linearisation (eigenvector starts)"}),
         },
-        coords={"method": list(methods), "point": sub["point"].values, "run": np.arange(num_runs)},
+        coords={"method_name": list(methods), "point": sub["point"].values, "run": np.arange(num_runs)},
     )
     out.attrs.update({"learning_rate": learning_rate, "num_steps": num_steps, "perturbation": perturbation,
                       "drop_fraction": drop_fraction, "direction": direction, "batch_size": batch_size,

@@ -1,6 +1,6 @@
 """Hessian of the population loss: products, dense matrix, block Lanczos (small end of the spectrum).
 
-Parameters are stacked as ``theta = (vec W_1, ..., vec W_L)`` (column-stacking ``vec``, THEORY §1),
+Parameters are stacked as ``theta = (vec W_1, ..., vec W_L)`` (column-stacking ``vec``, docs/theory.md §1),
 ``P = sum_l d_l d_{l-1}``. The Hessian-vector product is forward-over-reverse: ``H v`` is the
 ``jax.jvp`` of the analytic population gradient ``A_l^T D S_x B_l^T`` (``dlnlab.population_gradient``)
 along ``v``, exact to rounding at the cost of about two gradients.

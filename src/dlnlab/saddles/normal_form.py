@@ -1,4 +1,4 @@
-"""Gauge-fixed normal form of rank-r critical points and the constraint energy (THEORY §9).
+"""Gauge-fixed normal form of rank-r critical points and the constraint energy (docs/saddles.md).
 
 Whitened inputs, teacher ``M = U diag(s) V^T`` (``d_out x d_in``). Pick a rank ``r`` and a subset
 ``S`` of ``r`` teacher directions; ``U_S = U[:, S]`` (``d_out x r``) and ``U_Q``
@@ -102,7 +102,7 @@ def normal_form(task: Task, subset: Sequence[int]) -> NormalForm:
     """
     if not task.whitened:
         v.fail("task.input_covariance", "set", "the saddle normal form needs whitened inputs "
-               "(THEORY §9: sigma = U_Q^T M holds for S_x = I)")
+               "(docs/saddles.md: sigma = U_Q^T M holds for S_x = I)")
     subset = subset_tuple(task, subset)
     u = np.asarray(task.left, dtype=np.float64)
     m = np.asarray(task.teacher, dtype=np.float64)

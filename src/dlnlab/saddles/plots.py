@@ -108,8 +108,8 @@ def plot_escape(ds: xr.Dataset, folder) -> list[str]:
     fig = Figure(figsize=(5.5, 4.0))
     ax = fig.add_subplot()
     lam = np.abs(ds["smallest_eigenvalue"].values)
-    for method in ds["method"].values:
-        times = ds["escape_time"].sel({"method": method}).values
+    for method in ds["method_name"].values:
+        times = ds["escape_time"].sel(method_name=method).values
         colour = _method_colour(str(method))
         ax.scatter(np.repeat(lam, times.shape[1]), times.ravel(), s=6, alpha=0.3, color=colour)
         with np.errstate(all="ignore"), warnings.catch_warnings():

@@ -1,6 +1,7 @@
 """Boltzmann sampling of normal-form residuals by stochastic-gradient Langevin dynamics.
 
-Target (THEORY §9, notes §2): ``p_beta(Z) ∝ exp(-beta E(Z)) pi(Z)`` with the constraint energy
+Target (docs/saddles.md, experiment notes §2):
+``p_beta(Z) ∝ exp(-beta E(Z)) pi(Z)`` with the constraint energy
 ``E`` (:func:`dlnlab.saddles.constraint_energy`) and a prior
 
     -log pi(Z) = (alpha / 2) sum_l ||Z_l||_F^2 + sum_l kappa / (8 rho^2) (||Z_l||_F^2 - rho^2)^2

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from ...analysis.summaries import peak_rows, select_method, teacher_rank, training_parameters, with_events
+from ...analysis.summaries import peak_rows, teacher_rank, training_parameters, with_events
 from ...experiments.study import Study
 from ...plot.panels import diffusion_vs_amplitude, new_figure
 from ...theory.peak import diffusion_peak
@@ -28,7 +28,7 @@ def analyse(data):
     k = teacher_rank(first)
     parts = []
     for key in keys:
-        d = select_method(data[key], "sgd")
+        d = data[key].sel(method_name="sgd")
         parts.append(with_events(d[["amplitude", "diffusion", "spectrum",
                                     "theory_peak_amplitude"]], k)
                      .expand_dims(num_samples=[int(key)]))

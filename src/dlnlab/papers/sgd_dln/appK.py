@@ -10,7 +10,7 @@ import xarray as xr
 
 from ...analysis.claims import claim_row
 from ...analysis.stats import linear_fit, mean_and_se, median_abs_deviation_from
-from ...analysis.summaries import select_method, teacher_rank, training_parameters
+from ...analysis.summaries import teacher_rank, training_parameters
 from ...experiments.study import Study
 from ...plot.panels import COLORS, new_figure
 from .config import paper_config, size, wider_rule, wider_verdict
@@ -31,7 +31,7 @@ def analyse(data):
     keys = sorted(data, key=int)
     first = data[keys[0]]
     k = teacher_rank(first)
-    amp = np.stack([select_method(data[key], "sde").amplitude.isel(mode=slice(0, k))
+    amp = np.stack([data[key].sel(method_name="sde").amplitude.isel(mode=slice(0, k))
                     .transpose("run", "time", "mode").values for key in keys])
     lr = float(first.attrs["learning_rate"])
     h = np.array([lr / int(key) for key in keys])

@@ -7,7 +7,7 @@ import numpy as np
 import xarray as xr
 
 from ...analysis.stats import finite_median
-from ...analysis.summaries import select_method, training_parameters
+from ...analysis.summaries import training_parameters
 from .config import paper_config, size
 
 CASES = [(2, "gaussian"), (2, "balanced"), (4, "gaussian"), (4, "balanced")]
@@ -38,7 +38,7 @@ def analyse(data):
     for key, raw in data.items():
         depth, init = int(key[1]), key.split("-")[1]
         i, j = [2, 4].index(depth), ["gaussian", "balanced"].index(init)
-        d = select_method(raw, "sgd")
+        d = raw.sel(method_name="sgd")
         res[i, j, ..., :depth - 1] = d.balance_residual.transpose("run", "time", "pair").values
         num[i, j, ..., :depth - 1] = d.balance_numerator.transpose("run", "time", "pair").values
         norm[i, j, ..., :depth] = d.layer_norm.transpose("run", "time", "layer").values

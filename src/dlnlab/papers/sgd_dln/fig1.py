@@ -1,7 +1,7 @@
 """fig1: the exact modewise diffusion of SGD against the aligned-balanced formula (Prop. 3.5).
 
 The paper's fig1 uses an init that concentrates the learning times. We start every run on the
-aligned, balanced manifold of THEORY §6 with every mode at a0 = 0.002 (the rms mode amplitude of
+aligned, balanced manifold of docs/theory.md §6 with every mode at a0 = 0.002 (the rms mode amplitude of
 the default init) and Haar-random hidden bases: all runs learn at the same times, and the formula
 is exact at t = 0; the figure shows how well it holds as SGD's noise moves the weights off that
 manifold.
@@ -14,7 +14,6 @@ import numpy as np
 from ...analysis.claims import claim_row, format_number
 from ...analysis.summaries import (
     peak_rows_with_deviation,
-    select_method,
     teacher_rank,
     training_parameters,
     with_events,
@@ -37,7 +36,7 @@ def experiments(quick: bool) -> dict:
 def analyse(data):
     raw = data["aligned"]
     k = teacher_rank(raw)
-    d = select_method(raw, "sgd")
+    d = raw.sel(method_name="sgd")
     cross = d.cross_amplitude.isel(mode=slice(0, k), mode2=slice(0, k))
     off = np.abs(cross.values) * (1 - np.eye(k))
     out = with_events(d[["amplitude", "diffusion", "reduced_diffusion", "balance_residual",

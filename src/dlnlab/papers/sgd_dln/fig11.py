@@ -8,7 +8,6 @@ import numpy as np
 from ...analysis.claims import claim_row, format_number
 from ...analysis.summaries import (
     peak_rows_with_deviation,
-    select_method,
     teacher_rank,
     training_parameters,
     with_events,
@@ -29,7 +28,7 @@ def experiments(quick: bool) -> dict:
 def analyse(data):
     raw = data["width24"]
     k = teacher_rank(raw)
-    out = with_events(select_method(raw, "sgd")[["amplitude", "diffusion", "reduced_diffusion",
+    out = with_events(raw.sel(method_name="sgd")[["amplitude", "diffusion", "reduced_diffusion",
                                                  "spectrum", "theory_peak_amplitude"]], k)
     out = out.merge(formula_dataset(raw, k))
     out.attrs.update(training_parameters(raw), hidden="24, 24, 24")

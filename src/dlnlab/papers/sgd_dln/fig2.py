@@ -10,7 +10,7 @@ import xarray as xr
 
 from ...analysis.claims import claim_row
 from ...analysis.stats import finite_median, finite_quartiles, mean_and_se, wilson_interval
-from ...analysis.summaries import select_method, teacher_rank, training_parameters, with_events
+from ...analysis.summaries import teacher_rank, training_parameters, with_events
 from ...experiments.study import Study
 from ...plot.panels import COLORS, TIME_LABEL, band, mode_label, new_figure
 from . import main_run
@@ -32,8 +32,8 @@ def analyse(data):
 
 def numbers(ds):
     rows = []
-    for m in ds.method.values:
-        d = select_method(ds, str(m))
+    for m in ds.method_name.values:
+        d = ds.sel(method_name=str(m))
         for i in range(ds.sizes["mode"]):
             dm = d.isel(mode=i)
             rows.append({"method": str(m), "mode": i + 1, "s": float(dm.spectrum),
@@ -61,10 +61,10 @@ def all_learned(d: xr.Dataset) -> np.ndarray:
 def noise_spreads(ds) -> dict:
     """Per method: the sd over runs of ``t_90 - t_90(gradient flow)`` (paired by run: the same
     init), averaged over modes, with its standard error ``sd / sqrt(2 (n - 1))``."""
-    t_gf = select_method(ds, "gf").t_90.transpose("run", "mode").values
+    t_gf = ds.sel(method_name="gf").t_90.transpose("run", "mode").values
     out = {}
     for m in ("sgd", "sde", "isotropic"):
-        diff = select_method(ds, m).t_90.transpose("run", "mode").values - t_gf
+        diff = ds.sel(method_name=m).t_90.transpose("run", "mode").values - t_gf
         sds, ses = [], []
         for j in range(diff.shape[1]):
             x = diff[:, j][np.isfinite(diff[:, j])]
@@ -79,7 +79,7 @@ def claims(ds):
     out = []
     parts, values, ok = [], {}, True
     for m in ("sgd", "sde", "gf"):
-        good, n = ordered_fraction(select_method(ds, m))
+        good, n = ordered_fraction(ds.sel(method_name=m))
         lo, hi = wilson_interval(good, n)
         values[m] = {"ordered": good, "runs": n, "ci95": [lo, hi]}
         parts.append(f"{m}: {good}/{n} runs (95% CI {lo:.2f}-{hi:.2f})")
@@ -91,7 +91,7 @@ def claims(ds):
                          f"ordered in >= {ORDER_FRACTION:.0%} of runs for each method",
                          "supported" if ok else "refuted"))
 
-    sgd, sde = all_learned(select_method(ds, "sgd")), all_learned(select_method(ds, "sde"))
+    sgd, sde = all_learned(ds.sel(method_name="sgd")), all_learned(ds.sel(method_name="sde"))
     m1, se1, n1 = mean_and_se(sgd)
     m2, se2, n2 = mean_and_se(sde)
     ratio = m1 / m2
@@ -134,11 +134,11 @@ def claims(ds):
 
 
 def figure(ds):
-    methods = [str(m) for m in ds.method.values]
+    methods = [str(m) for m in ds.method_name.values]
     fig, axes = new_figure(2, 2, figsize=(11, 7.5), sharex=True, sharey=True)
     t = ds.time.values
     for ax, m in zip(axes.flat, methods, strict=False):
-        d = ds.isel(method=methods.index(m))
+        d = ds.isel(method_name=methods.index(m))
         for i in range(ds.sizes["mode"]):
             c = COLORS[i]
             band(ax, t, d.amplitude.isel(mode=i).transpose("run", "time").values, c,

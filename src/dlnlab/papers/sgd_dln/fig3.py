@@ -7,7 +7,6 @@ import numpy as np
 
 from ...analysis.summaries import (
     peak_rows_with_deviation,
-    select_method,
     teacher_rank,
     training_parameters,
     with_events,
@@ -25,7 +24,7 @@ experiments = main_run.experiments
 def analyse(data):
     raw = data["main"]
     k = teacher_rank(raw)
-    sub = raw.isel(method=[i for i, m in enumerate(raw.method.values) if m in ("sgd", "sde")])
+    sub = raw.isel(method_name=[i for i, m in enumerate(raw.method_name.values) if m in ("sgd", "sde")])
     out = with_events(sub[["amplitude", "diffusion", "reduced_diffusion", "spectrum",
                            "theory_peak_amplitude", "method_label"]], k)
     out = out.merge(formula_dataset(raw, k))
@@ -35,8 +34,8 @@ def analyse(data):
 
 def numbers(ds):
     rows = []
-    for m in ds.method.values:
-        rows += peak_rows_with_deviation(select_method(ds, str(m)), str(m))
+    for m in ds.method_name.values:
+        rows += peak_rows_with_deviation(ds.sel(method_name=str(m)), str(m))
     return rows
 
 
@@ -45,10 +44,10 @@ def claims(ds):
 
 
 def figure(ds):
-    methods = [str(m) for m in ds.method.values]
+    methods = [str(m) for m in ds.method_name.values]
     fig, axes = new_figure(2, len(methods), figsize=(6 * len(methods), 8.2))
     for j, m in enumerate(methods):
-        d = ds.isel(method=j)
+        d = ds.isel(method_name=j)
         diffusion_vs_relative_time(axes[0, j], d, f"{METHOD_NAMES.get(m, m)}: runs aligned "
                                    "on their learning time", labels=FIGURE_LABELS)
         ax = axes[1, j]

@@ -1,5 +1,5 @@
 """fig4: the end-of-training law of the largest mode, without and with label noise (Prop. 5.2),
-for SGD, the anisotropic SDE and the isotropic SDE; the stationary law by quadrature (THEORY §8)
+for SGD, the anisotropic SDE and the isotropic SDE; the stationary law by quadrature (docs/theory.md §9)
 and the paper's first-order mean are dataset variables."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from ...analysis.stats import (
     median_abs_deviation_from,
     moments_with_se,
 )
-from ...analysis.summaries import select_method, training_parameters
+from ...analysis.summaries import training_parameters
 from ...experiments.study import Study
 from ...plot.panels import COLORS, new_figure
 from ...theory.stationary import first_order_moments, stationary_density, stationary_moments
@@ -60,7 +60,7 @@ def analyse(data):
     for i, noise in enumerate(("none", "label")):
         for j, m in enumerate(methods):
             ds = data[f"{noise}-{m}"]
-            amp[i, j, :ds.sizes["run"]] = select_method(ds, m).amplitude.isel(mode=0).transpose(
+            amp[i, j, :ds.sizes["run"]] = ds.sel(method_name=m).amplitude.isel(mode=0).transpose(
                 "run", "time").values
             if m == "isotropic":
                 temperature[i] = float(ds.isotropic_temperature)
@@ -74,7 +74,7 @@ def analyse(data):
     zero1, mean1, _, var1 = (float(np.asarray(x).ravel()[0])
                              for x in first_order_moments([s], depth, lr, batch, sigma))
     out = xr.Dataset({
-        "amplitude": (("noise", "method", "run", "time"), amp),
+        "amplitude": (("noise", "method_name", "run", "time"), amp),
         "stationary_density": ("amplitude_grid", density[keep]),
         "spectrum": ((), s),
         "theory_mean": ((), float(np.asarray(moments.mean)[0])),
@@ -83,7 +83,7 @@ def analyse(data):
         "first_order_variance": ((), var1),
         "paper_mean": ((), zero1),
         "isotropic_temperature": ("noise", temperature),
-    }, coords={"noise": ["none", "label"], "method": methods, "run": np.arange(most),
+    }, coords={"noise": ["none", "label"], "method_name": methods, "run": np.arange(most),
                "time": first.time.values, "amplitude_grid": grid[keep]})
     out.attrs.update(learning_rate=lr, batch_size=batch, label_noise=sigma, depth=depth,
                      window_start=float(first.time.values[-1] * STATIONARY_WINDOW))
@@ -98,8 +98,8 @@ def end_statistics(ds) -> list[dict]:
     window = ds.time.values >= ds.attrs["window_start"]
     rows = []
     for noise in ds.noise.values:
-        for m in ds.method.values:
-            a = ds.amplitude.sel({"noise": noise, "method": m}).transpose("run", "time").values
+        for m in ds.method_name.values:
+            a = ds.amplitude.sel(noise=noise, method_name=m).transpose("run", "time").values
             final = moments_with_se(a[:, -1])
             avg, avg_se, n = mean_and_se(np.mean(a[:, window], axis=1))
             rows.append({"noise": str(noise), "method": str(m), **final,
@@ -111,10 +111,10 @@ def end_statistics(ds) -> list[dict]:
 
 def numbers(ds):
     rows = end_statistics(ds)
-    rows.append({"theory": "stationary law, quadrature (THEORY §8)",
+    rows.append({"theory": "stationary law, quadrature (docs/theory.md §9)",
                  "mean_minus_s": float(ds.theory_mean - ds.spectrum),
                  "sd": float(np.sqrt(ds.theory_variance))})
-    rows.append({"theory": "first order, THEORY §8 (below s)",
+    rows.append({"theory": "first order, docs/theory.md §9 (below s)",
                  "mean_minus_s": float(ds.first_order_mean - ds.spectrum),
                  "sd": float(np.sqrt(ds.first_order_variance))})
     rows.append({"theory": "paper, Prop. 5.2 (above s)",
@@ -123,7 +123,7 @@ def numbers(ds):
 
 
 def _final(ds, noise: str, method: str) -> np.ndarray:
-    return ds.amplitude.sel({"noise": noise, "method": method}).isel(time=-1).values
+    return ds.amplitude.sel(noise=noise, method_name=method).isel(time=-1).values
 
 
 def claims(ds):
@@ -184,7 +184,7 @@ def claims(ds):
                 f"first-order mean: {paper:+.5f}")
     values.update(theory_mean_minus_s=theory, paper_mean_minus_s=paper)
     out.append(claim_row("fig4-mean-side", "With label noise the stationary mean lies slightly "
-                         "ABOVE s (paper); THEORY §8 says slightly below.", "Prop. 5.2 (ii) eq. 17",
+                         "ABOVE s (paper); docs/theory.md §9 says slightly below.", "Prop. 5.2 (ii) eq. 17",
                          "fig4", measured, values,
                          f"the paper's claim is refuted if the mean is below s by more than {Z:g} "
                          "SE for SGD and the SDE, supported if above by more than that",
@@ -207,13 +207,13 @@ def claims(ds):
 
 
 def figure(ds):
-    methods = [str(m) for m in ds.method.values]
+    methods = [str(m) for m in ds.method_name.values]
     s = float(ds.spectrum)
     fig, axes = new_figure(2, len(methods), figsize=(4.3 * len(methods), 7.4))
     for i, noise in enumerate(ds.noise.values):
         for j, m in enumerate(methods):
             ax = axes[i, j]
-            a = ds.amplitude.sel({"noise": noise, "method": m}).isel(time=-1).values
+            a = ds.amplitude.sel(noise=noise, method_name=m).isel(time=-1).values
             a = a[np.isfinite(a)]
             lo, hi = np.percentile(a, [0.5, 99.5])
             pad = 0.05 * (hi - lo)

@@ -11,7 +11,7 @@ import xarray as xr
 from ...analysis.claims import claim_row
 from ...analysis.events import crossing_times, learning_events
 from ...analysis.stats import finite_median
-from ...analysis.summaries import select_method, teacher_rank, training_parameters
+from ...analysis.summaries import teacher_rank, training_parameters
 from ...experiments.study import Study
 from ...plot.panels import COLORS, TIME_LABEL, new_figure
 from . import main_run
@@ -23,8 +23,8 @@ experiments = main_run.experiments
 def analyse(data):
     raw = data["main"]
     k = teacher_rank(raw)
-    sub = raw.isel(method=[i for i, m in enumerate(raw.method.values) if m in ("sgd", "sde")])
-    cross = np.abs(sub.cross_amplitude.transpose("method", "run", "time", "mode", "mode2").values)
+    sub = raw.isel(method_name=[i for i, m in enumerate(raw.method_name.values) if m in ("sgd", "sde")])
+    cross = np.abs(sub.cross_amplitude.transpose("method_name", "run", "time", "mode", "mode2").values)
     r = cross.shape[-1]
     teacher = cross[..., :k, :k]
     pairs = [(a, b) for a in range(k) for b in range(k) if a != b]
@@ -34,15 +34,15 @@ def analyse(data):
     events = learning_events(sub, modes=k)
     t = raw.time.values
     start = crossing_times(t, sub.amplitude.isel(mode=slice(0, k)).transpose(
-        "method", "run", "mode", "time").values, 0.1 * raw.spectrum.values[:k])
+        "method_name", "run", "mode", "time").values, 0.1 * raw.spectrum.values[:k])
     out = xr.Dataset({
-        "abs_cross": (("method", "run", "time", "pair"), pair_values),
-        "abs_cross_other_max": (("method", "run", "time"), other),
-        "t_10": (("method", "run", "mode"), start),
-        "t_90": events.t_90.transpose("method", "run", "mode"),
+        "abs_cross": (("method_name", "run", "time", "pair"), pair_values),
+        "abs_cross_other_max": (("method_name", "run", "time"), other),
+        "t_10": (("method_name", "run", "mode"), start),
+        "t_90": events.t_90.transpose("method_name", "run", "mode"),
         "spectrum": raw.spectrum.isel(mode=slice(0, k)),
         "method_label": sub.method_label,
-    }, coords={"method": sub.method.values, "run": raw.run.values, "time": t,
+    }, coords={"method_name": sub.method_name.values, "run": raw.run.values, "time": t,
                "pair": [f"{a + 1}-{b + 1}" for a, b in pairs]})
     out.attrs.update(training_parameters(raw))
     return out
@@ -62,8 +62,8 @@ def transition_mask(d: xr.Dataset) -> np.ndarray:
 
 def numbers(ds):
     rows = []
-    for m in ds.method.values:
-        d = select_method(ds, str(m))
+    for m in ds.method_name.values:
+        d = ds.sel(method_name=str(m))
         inside = transition_mask(d)
         med = d.abs_cross.median("run").transpose("time", "pair").values
         other = d.abs_cross_other_max.median("run").values
@@ -81,7 +81,7 @@ def numbers(ds):
 def cross_mode_summary(ds, method="sgd") -> dict:
     """Fraction of the horizon in which every teacher cross mode (median over runs) is below
     ``CROSS_TOL`` times the smallest ``s``; the largest one, its pair and time."""
-    d = select_method(ds, method)
+    d = ds.sel(method_name=method)
     med = d.abs_cross.median("run").transpose("time", "pair").values
     s_min = float(ds.spectrum.values.min())
     small = np.all(med <= CROSS_TOL * s_min, axis=1)
@@ -111,11 +111,11 @@ def claims(ds):
 
 
 def figure(ds):
-    methods = [str(m) for m in ds.method.values]
+    methods = [str(m) for m in ds.method_name.values]
     fig, axes = new_figure(1, len(methods), figsize=(6 * len(methods), 4.4), sharey=True)
     t = ds.time.values
     for ax, m in zip(np.atleast_1d(axes), methods, strict=True):
-        d = ds.isel(method=methods.index(m))
+        d = ds.isel(method_name=methods.index(m))
         mask = transition_mask(d)
         edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(int), [0]])))
         for a, b in zip(edges[::2], edges[1::2], strict=True):

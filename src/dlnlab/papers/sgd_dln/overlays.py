@@ -1,4 +1,4 @@
-"""Theory curves of the paper's figure datasets, as dataset variables (THEORY §6).
+"""Theory curves of the paper's figure datasets, as dataset variables (docs/theory.md §6).
 
 The studies' ``analyse`` steps call these, so every curve a figure draws is in ``NAME/NAME.nc``.
 """
@@ -13,7 +13,7 @@ from ...theory.reduced import reduced_diffusion
 
 
 def formula_grid(spectrum, depth, learning_rate, batch_size, label_noise, num=241):
-    """The reduced diffusion ``D(a)`` (THEORY §6) on ``a / s`` in ``[0, 1.1]``, per mode:
+    """The reduced diffusion ``D(a)`` (docs/theory.md §6) on ``a / s`` in ``[0, 1.1]``, per mode:
     ``(x, values)`` with ``values`` of shape ``(mode, num)``."""
     x = np.linspace(0.0, 1.1, num)
     s = np.asarray(spectrum, dtype=np.float64)

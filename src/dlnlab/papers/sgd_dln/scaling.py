@@ -9,7 +9,7 @@ import xarray as xr
 
 from ...analysis.claims import claim_row
 from ...analysis.stats import linear_fit, mean_and_se
-from ...analysis.summaries import select_method, teacher_rank, training_parameters
+from ...analysis.summaries import teacher_rank, training_parameters
 from ...plot.panels import COLORS, D_LABEL, mode_label, new_figure
 from .config import LINEAR_R2, Z
 from .overlays import theory_max_diffusion
@@ -24,7 +24,7 @@ def analyse(data, coord: str) -> xr.Dataset:
     keys = sorted(data, key=float)
     first = data[keys[0]]
     k = teacher_rank(first)
-    values = np.stack([select_method(data[key], "sgd").diffusion.isel(mode=slice(0, k))
+    values = np.stack([data[key].sel(method_name="sgd").diffusion.isel(mode=slice(0, k))
                        .max("time").transpose("run", "mode").values for key in keys])
     depth = int(first.attrs["depth"])
     theory = []
