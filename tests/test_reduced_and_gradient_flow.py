@@ -1,4 +1,4 @@
-"""Reduced modewise SDE (THEORY §6; §10 check 5) and gradient-flow curves and learning times."""
+"""Reduced modewise SDE (docs/theory.md §6) and gradient-flow curves and learning times."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _relative(a, b):
 @pytest.mark.parametrize("amplitudes", [[0.8, -0.3, 0.05, 0.2], [0.95, 0.4, 0.0, 0.0],
                                         [-0.5, 0.65, 0.31, -0.01]])
 def test_reduced_formulas_equal_exact_at_aligned_balanced_states(key, depth, amplitudes):
-    """§10.5: at aligned, balanced states (any sign pattern, random hidden bases) the reduced
+    """docs/theory.md §6: at aligned, balanced states (any sign pattern, random hidden bases) the reduced
     drift (coupled), Ito drift and diffusion equal the exact §5 formulas to float64 rounding."""
     task, weights = _aligned(key, depth, amplitudes)
     a = np.asarray(amplitudes)
@@ -55,7 +55,7 @@ def test_reduced_formulas_equal_exact_at_aligned_balanced_states(key, depth, amp
 @pytest.mark.parametrize("depth", [2, 3, 4])
 def test_decoupled_form_exact_only_when_other_modes_rest(key, depth):
     """The paper's decoupled drift equals the exact one when the other modes are at rest, and
-    misses a real drift when another mode is in transit (THEORY §6 note)."""
+    misses a real drift when another mode is in transit (docs/theory.md §6)."""
     eta, batch, sigma = 0.03, 1, 0.4
     rest = [0.6, 0.0, 0.0, 0.0]
     task, weights = _aligned(key, depth, rest)

@@ -1,4 +1,4 @@
-"""Theory: closed forms and quadratures with the simulator's inputs and outputs (THEORY §6-§9).
+"""Theory: closed forms and quadratures with the simulator's inputs and outputs (docs/theory.md §6-§10).
 
 Per-mode functions take ``amplitudes``/``spectrum`` with the same trailing mode axis as
 ``dlnlab.mode_amplitudes`` and return arrays of that shape, so a plot overlay and a test
@@ -10,6 +10,7 @@ from .gradient_flow import (
     gradient_flow_time,
     half_learning_time,
     learning_time,
+    reachable_modes,
 )
 from .linear_regression import (
     LyapunovSolution,
@@ -24,6 +25,7 @@ from .stationary import (
     StationaryMoments,
     first_order_moments,
     stationary_density,
+    stationary_law_exists,
     stationary_log_density,
     stationary_moments,
 )
@@ -45,12 +47,14 @@ __all__ = [
     "learning_time",
     "local_threshold",
     "mode_summary",
+    "reachable_modes",
     "reduced_diffusion",
     "reduced_drift",
     "reduced_ito_drift",
     "single_layer_fluctuations",
     "solve_lyapunov",
     "stationary_density",
+    "stationary_law_exists",
     "stationary_log_density",
     "stationary_moments",
 ]

@@ -1,4 +1,4 @@
-"""Gradient-flow mode curves and learning times at aligned, balanced states (THEORY §6).
+"""Gradient-flow mode curves and learning times at aligned, balanced states (docs/theory.md §7).
 
 Each mode follows ``da/dt = L |a|^(2-2/L) (s - a)``. Closed forms: L = 1,
 ``a(t) = s + (a0 - s) e^(-t)``; L = 2 (Saxe et al.), ``a(t) = s e^(2st) / (e^(2st) - 1 + s/a0)``.
@@ -9,6 +9,10 @@ Any L: in the logit variable ``u = ln(a / (s - a))`` the flow is smooth and non-
 so the time to reach an amplitude is a quadrature of a smooth integrand (composite Gauss-Legendre)
 and the curve is an RK4 integration in ``u`` (``ln(a - s)`` for ``a0 > s``; ``a`` itself for a
 mode starting at or below 0, which never learns, or a zero singular value).
+
+Rank bottleneck: a network with widths ``(d_0, ..., d_L)`` has rank at most ``min(widths)``, so
+only the first ``min(widths)`` modes can be learned (:func:`reachable_modes`); every function
+here assumes the modes it is given are reachable — pass ``spectrum[reachable_modes(...)]``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,29 @@ def _broadcast(spectrum, initial):
     if not jnp.issubdtype(s.dtype, jnp.floating):
         s, a0 = s.astype(jnp.zeros(()).dtype), a0.astype(jnp.zeros(()).dtype)
     return s, a0
+
+
+def reachable_modes(spectrum, widths) -> np.ndarray:
+    """Which teacher modes the network can learn: bool array of shape ``(k,)``.
+
+    ``spectrum`` is the spectrum ``(k,)`` (or its length ``k``, an int); ``widths`` the layer
+    widths ``(d_in, d_1, ..., d_out)``. The end-to-end map ``W = W_L ... W_1`` has rank at most
+    the bottleneck ``b = min(widths)``, so mode ``k`` (0-based, modes sorted by decreasing
+    ``s``) is reachable iff ``k < b``; an unreachable mode stays at 0 under gradient flow, SGD
+    and the SDEs (its amplitude is not a free coordinate). Raises ``ValueError`` (naming
+    ``widths`` or ``spectrum``) on invalid input. docs/theory.md §7.
+    """
+    items = v.widths_tuple("widths", widths)
+    if isinstance(spectrum, int | np.integer) and not isinstance(spectrum, bool):
+        if spectrum < 0:
+            v.fail("spectrum", spectrum, "a number of modes must be >= 0")
+        count = int(spectrum)
+    else:
+        arr = np.asarray(spectrum)
+        if arr.ndim != 1:
+            v.fail("spectrum", spectrum, "must be a 1-D spectrum or a number of modes")
+        count = arr.shape[0]
+    return np.arange(count) < min(items)
 
 
 def _check_interval(name_target, target, spectrum, initial):
@@ -108,6 +135,10 @@ def gradient_flow_curve(times, spectrum, depth: int, initial_amplitude,
 
     ``spectrum`` and ``initial_amplitude`` broadcast to ``(k,)`` (the simulator's mode axis).
     ``num_steps`` (RK4 steps up to ``max(times)``) is chosen from the rates when omitted.
+    Solves ``da/dt = L |a|^(2-2/L) (s - a)`` per mode (docs/theory.md §7). The modes are
+    assumed reachable: with a width narrower than the teacher's rank pass only
+    ``spectrum[reachable_modes(spectrum, widths)]`` (the others stay at 0). Raises
+    ``ValueError`` for negative or non-finite ``times`` or non-finite ``initial_amplitude``.
     """
     depth = v.positive_int("depth", depth)
     times = jnp.asarray(times)

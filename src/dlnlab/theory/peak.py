@@ -1,4 +1,7 @@
-"""The diffusion peak that precedes learning (THEORY §7, paper §4, eqs. 8-10).
+"""The diffusion peak that precedes learning (docs/theory.md §8; paper §4, eqs. 8-10).
+
+Paper: "Stochastic Gradient Descent in the Saddle-to-Saddle Regime of Deep Linear Networks"
+(the seed text gives neither authors nor an arXiv id).
 
 With ``p = 4 - 4/L``, ``D_a`` is proportional to ``f(a) = a^p (2 (s - a)^2 + sigma^2)`` on
 ``(0, s)``. ``f'(a) = 0`` with ``delta = s - a`` gives ``(2p + 4) delta^2 - 4 s delta + p sigma^2

@@ -1,4 +1,7 @@
-"""Reduced modewise SDE at aligned, balanced states (THEORY §6, paper Prop. 3.5, App. E).
+"""Reduced modewise SDE at aligned, balanced states (docs/theory.md §6; paper Prop. 3.5, App. E).
+
+Paper: "Stochastic Gradient Descent in the Saddle-to-Saddle Regime of Deep Linear Networks"
+(the seed text gives neither authors nor an arXiv id).
 
 Inputs share the simulator's mode axis: ``amplitudes`` and ``spectrum`` of shape ``(..., r)``
 (the spectrum padded with zeros, as ``Task.spectrum``), whitened inputs, ``S_eps = sigma^2 I``.
