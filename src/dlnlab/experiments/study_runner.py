@@ -11,6 +11,11 @@ Experiments are cached in ``OUT/data/`` as ``NAME-<fingerprint>.nc`` (with the r
 ``.toml``), the fingerprint being a hash of the resolved config TOML and the dlnlab version:
 studies that share an experiment run it once, a rerun only redraws, and an interrupted run
 resumes from the engine's per-method checkpoints.
+
+Progress goes to stderr (:func:`dlnlab.experiments.runner.progress_reporter`): rich bars on a
+terminal, plain lines at most every 10 s elsewhere (CI, ``nohup``, pipes), nothing with
+``quiet``. Every file is written through :mod:`dlnlab.io.atomic`: a failed write is one
+``OSError`` line naming the file, and the previous file stays intact.
 """
 
 from __future__ import annotations
@@ -125,16 +130,13 @@ def run_studies(paper: Paper, names="all", *, quick: bool = False, out, fresh: b
     into ``out``. ``command`` prefixes the command recorded per study
     (``COMMAND PAPER NAME [--quick]``). Returns ``{name: {"seconds", "claims", "folder"}}``."""
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .runner import progress_factory
+    from .runner import progress_reporter
 
     names = paper.resolve(names)
     out = Path(out)
     data_dir = out / "data"
     console = Console(stderr=True, width=None if sys.stderr.isatty() else 110)
-    columns = (TextColumn("{task.description}"), BarColumn(),
-               TextColumn("{task.completed}/{task.total} steps"), TimeElapsedColumn())
     recomputed: set[str] = set()
     results = {}
     for name in names:
@@ -142,14 +144,13 @@ def run_studies(paper: Paper, names="all", *, quick: bool = False, out, fresh: b
         t0 = time.perf_counter()
         configs = study.experiments(quick)
         datasets, experiments = {}, []
-        with Progress(*columns, console=console, disable=quiet, transient=True) as progress:
+        with progress_reporter(quiet, transient=True) as reporter:
             for key, config in configs.items():
                 digest = fingerprint(config)
                 again = fresh and digest not in recomputed
                 ds, cached = cached_experiment(
                     config, data_dir, fresh=again,
-                    progress_factory=None if quiet else progress_factory(progress,
-                                                                        f"{name}:{key}"))
+                    progress_factory=None if reporter is None else reporter(f"{name}:{key}"))
                 recomputed.add(digest)
                 datasets[key] = ds
                 experiments.append({"key": key, "name": config.name, "fingerprint": digest,
