@@ -239,3 +239,38 @@ def test_main_sets_the_xla_cpu_flag_unless_the_user_did(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", mine)
     cli._set_xla_flags()
     assert os.environ["XLA_FLAGS"] == mine
+
+
+# ------------------------------------------------------------------------------ run / reproduce doors
+def test_reproduce_names_an_unknown_study_next_to_all_before_anything_starts(capsys, monkeypatch):
+    import dlnlab.papers as papers
+
+    monkeypatch.setattr(papers, "reproduce", lambda *a, **k: pytest.fail("started to reproduce"))
+    assert main(["reproduce", "all", "fig99"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: name='fig99': unknown study of paper 'sgd-dln'; one of fig1, ")
+    assert err.count("\n") == 1
+
+
+def test_a_write_error_is_one_line_with_the_path_and_exit_1(capsys, monkeypatch):
+    import dlnlab.experiments.runner as runner
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device", "/runs/x/results.nc")
+    monkeypatch.setattr(runner, "run_to_directory", full_disk)
+    assert main(["run"]) == 1
+    assert capsys.readouterr().err == ("error: could not read/write /runs/x/results.nc: "
+                                       "No space left on device\n")
+
+
+def test_run_passes_overwrite_to_the_runner(monkeypatch):
+    import dlnlab.experiments.runner as runner
+
+    seen = {}
+
+    def fake(config, overrides, out, *, quiet=False, overwrite=False):
+        seen.update(overrides=overrides, overwrite=overwrite)
+    monkeypatch.setattr(runner, "run_to_directory", fake)
+    assert main(["run", "--set", "runs=2", "--overwrite"]) == 0
+    assert seen == {"overrides": ["runs=2"], "overwrite": True}
+    assert main(["run"]) == 0 and seen["overwrite"] is False

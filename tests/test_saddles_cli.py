@@ -166,6 +166,15 @@ BAD_OVERRIDES = [
     (("escape", "--learning-rate", "nan"), "learning_rate=nan: Input should be a finite number"),
     (("escape", "--set", "methods=[]"), "methods=[]: needs at least one method"),
     (("escape", "--set", "sde_step=true"), "sde_step=True: Input should be a valid number"),
+    (("escape", "--steps", "9223372036854775807"),
+     "num_steps=9223372036854775807: exceeds 2147483647 (MAX_STEPS)"),
+    (("sample", "--chains", "9223372036854775807"),
+     "sampler.num_chains=9223372036854775807: would need about 4.8e+23 bytes of memory"),
+    (("sample", "--seed", "1\nseed = 5"), "seed='1\\nseed = 5': contains a control character"),
+    (("sample", "--set", "sampler.num_chain=2"),
+     "sampler.num_chain=2: unknown field; did you mean sampler.num_chains?"),
+    (("certify", "--seed", "-1"), "seed=-1: Input should be greater than or equal to 0"),
+    (("certify", "--blocks", "0"), "num_blocks=0: Input should be greater than or equal to 1"),
 ]
 
 
@@ -203,6 +212,14 @@ def test_a_file_that_is_not_a_catalogue_is_one_line_exit_2(capsys, tiny, tmp_pat
     assert code == 2 and out == "" and "Traceback" not in err
     assert err.count("\n") == 1 and err.startswith(f"error: catalogue='{path}': {reason}"), err
     assert not out_dir.exists()                                          # nothing written
+
+
+def test_a_lanczos_block_wider_than_the_network_is_one_line(capsys, tiny, tmp_path):
+    code, out, err = cli(capsys, "certify", "--out", tmp_path / "out", "--points", tiny / "points.nc",
+                         "--method", "lanczos", "--block-size", "1000")
+    assert code == 2 and out == "" and not (tmp_path / "out").exists()
+    assert err == ("error: block_size=1000: must be <= the 24 parameters of the catalogue's networks "
+                   "(a Lanczos block spans at most the whole space)\n")
 
 
 def test_escape_rejects_an_uncertified_catalogue(capsys, tiny, tmp_path):

@@ -7,6 +7,7 @@ the first ``": "`` shows the offending value, and the part after it states the r
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import jax
@@ -287,3 +288,73 @@ def test_checks_are_skipped_for_tracers(env):
 def test_public_functions_check_weight_shapes(env, function, weights, name, rule):
     with pytest.raises(ValueError, match=rf"^{re.escape(name)}=.*: .*{re.escape(rule)}"):
         function(weights, env.task)
+
+
+# ------------------------------------------------------------------------------ config doors
+def test_show_keeps_values_on_one_short_line():
+    assert v.show("x" * 1000) == "'" + "x" * 76 + "..."
+    assert len(v.show("x" * 1000)) == v.SHOW_LIMIT
+    assert v.show("a\nb") == "'a\\nb'"
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["training.learnin_rate=0.01"],
+     "training.learnin_rate=0.01: unknown field; did you mean training.learning_rate?"),
+    (["training.horizon=0.001"], "training.horizon=0.001: shorter than one step of the learning "
+                                 "rate 0.01 (zero steps); must be >= 0.01"),
+    (["training.learning_rate=1e999"], "training.learning_rate=inf: Input should be a finite number"),
+    (["runs=true"], "runs=True: Input should be a valid integer"),
+    (['training.replacement="no"'], "training.replacement='no': Input should be a valid boolean"),
+    (['name="../escaped"'], "name='../escaped': must be one folder name"),
+    (["task.spectrum=[1e308]"], "task.spectrum=[1e+308]: singular values must be <= 1e+06"),
+    (["seed=18446744073709551616"], "seed=18446744073709551616: Input should be less than "
+                                    "9223372036854775808"),
+    (["training.learning_rate=1e-300"], "training.learning_rate=1e-300: gd would take 1e+302 steps"),
+    (["runs=9223372036854775807"], "runs=9223372036854775807: the recorded results would need"),
+    (["task.d_in=1000000000"], "task.d_in=1000000000: the task's matrices would need"),
+    ([f"task.hidden={[12] * 2999}"],
+     "task.hidden=[" + "12, " * 19 + "...: depth 3000 exceeds 100 (MAX_DEPTH"),
+    (["sde.step_size=1e-300"], "sde.step_size=1e-300: sde would take 1e+302 steps"),
+    (["task.input_covariance=[1.0, 2.0]"], "task.input_covariance=[1.0, 2.0]: must have d_in = 12 "
+                                           "entries (rows), got 2"),
+    (["task.d_in=2", "task.d_out=2", "task.spectrum=[1.0]", "task.input_covariance=[[1.0, 2.0], "
+      "[2.0, 1.0]]"], "task.input_covariance=[[1.0, 2.0], [2.0, 1.0]]: must be positive definite"),
+    (["training.learning_rate=0.01\nruns=3"], "--set='training.learning_rate=0.01\\nruns=3': "
+                                              "contains a control character ('\\n')"),
+    (["a." * 20 + "b=1"], "--set='a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.b=1': key='a.a.a.a.a.a.a."
+                          "a.a.a.a.a.a.a.a.a.a.a.a.a.b': 21 dotted parts; config fields have at most 8"),
+])
+def test_config_errors_are_one_line_naming_the_field(overrides, message):
+    from dlnlab.experiments.config import load_config
+
+    with pytest.raises(ValueError) as info:
+        load_config(None, overrides)
+    text = str(info.value)
+    assert text.startswith(message), text
+    assert "\n" not in text and len(text) < 400
+
+
+def test_config_input_covariance_as_a_diagonal_or_a_matrix():
+    from dlnlab.experiments.config import load_config, validate_config
+
+    base = ["task.d_in=2", "task.d_out=2", "task.spectrum=[1.0]"]
+    assert load_config(None, base).task.input_covariance_matrix() is None
+    diagonal = load_config(None, [*base, "task.input_covariance=[2, 0.5]"])
+    np.testing.assert_array_equal(diagonal.task.input_covariance_matrix(), np.diag([2.0, 0.5]))
+    matrix = validate_config({"task": {"d_in": 2, "d_out": 2, "spectrum": [1.0],
+                                       "input_covariance": [[2.0, 0.5], [0.5, 1.0]]}})
+    np.testing.assert_array_equal(matrix.task.input_covariance_matrix(), [[2.0, 0.5], [0.5, 1.0]])
+
+
+def test_example_and_paper_configs_stay_within_the_limits():
+    from dlnlab.experiments.config import MAX_MEMORY_BYTES, load_config, resource_estimate
+    from dlnlab.papers import PAPERS
+
+    root = Path(__file__).resolve().parents[1] / "examples"
+    for path in root.glob("*.toml"):
+        if not path.name.startswith("saddles"):
+            assert sum(resource_estimate(load_config(path)).values()) < MAX_MEMORY_BYTES / 10
+    for paper in PAPERS.values():       # full and quick sizes validate (the limits are checked)
+        for study in paper.studies:
+            for quick in (True, False):
+                assert study.experiments(quick)

@@ -18,23 +18,31 @@ def is_concrete(value) -> bool:
     return not any(isinstance(leaf, jax.core.Tracer) for leaf in leaves)
 
 
-def _show(value) -> str:
-    """Short printable form of a value for an error message."""
+SHOW_LIMIT = 80
+"""Longest echo of a value in an error message (characters); longer ones end in ``...``."""
+
+
+def shorten(text: str, limit: int = SHOW_LIMIT) -> str:
+    """``text`` on one line and at most ``limit`` characters (``...`` marks a cut)."""
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def show(value) -> str:
+    """Short printable form of a value for an error message: one line, at most
+    :data:`SHOW_LIMIT` characters (arrays of more than 8 entries by their shape)."""
     if isinstance(value, np.ndarray | jax.Array):
         arr = np.asarray(value)
         if arr.size <= 8:
-            return np.array2string(arr.ravel() if arr.ndim > 1 else arr, precision=6,
-                                   separator=",")
+            return shorten(np.array2string(arr.ravel() if arr.ndim > 1 else arr, precision=6,
+                                           separator=","))
         return f"array of shape {arr.shape}"
-    if isinstance(value, float):
-        return repr(value)
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return shorten(repr(value))
 
 
 def fail(name: str, value, rule: str) -> None:
     """Raise the one-line error: ``name=value: rule``."""
-    raise ValueError(f"{name}={_show(value)}: {rule}")
+    raise ValueError(f"{name}={show(value)}: {rule}")
 
 
 def check(condition: bool, name: str, value, rule: str) -> None:

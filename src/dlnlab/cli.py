@@ -116,11 +116,14 @@ def run(
     out: Annotated[Path | None, typer.Option(
         "--out", help="Run directory (default: runs/<name>).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace results of a different config in --out, or recompute a "
+                            "complete run.")] = False,
 ) -> None:
     """Run an experiment: every method, figures, results.nc, summary.json and a table."""
     from .experiments.runner import run_to_directory
 
-    run_to_directory(config, overrides or [], out, quiet=quiet)
+    run_to_directory(config, overrides or [], out, quiet=quiet, overwrite=overwrite)
 
 
 @app.command()
@@ -196,12 +199,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {message}", file=sys.stderr)
         return 2
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(str(exc))}", file=sys.stderr)
         return 2
+    except OSError as exc:          # a full disk, a read-only folder, a file where a folder goes
+        where = exc.filename if exc.filename is not None else ""
+        reason = exc.strerror or str(exc)
+        print(f"error: could not read/write {where}: {_one_line(reason)}" if where else
+              f"error: {_one_line(str(exc))}", file=sys.stderr)
+        return 1
     except _ABORTS:
         print("error: aborted", file=sys.stderr)
         return 130
     return 0
+
+
+def _one_line(text: str) -> str:
+    """An error message on one line (a library message never spans lines; this is the guard)."""
+    return " ".join(text.splitlines()) if "\n" in text or "\r" in text else text
 
 
 def _console_script() -> None:

@@ -18,8 +18,11 @@ from ..core.task import Task
 
 
 class Section(BaseModel):
-    """Base of a method's config section (a TOML table named after the method)."""
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Base of a method's config section (a TOML table named after the method): closed (an
+    unknown key is an error), strict (``"0.01"`` is not a number, ``true`` not an integer; an
+    integer is a valid float) and finite (``inf``/``nan`` are errors), like every config model.
+    Give every field a ``description``: ``docs/config.md`` is generated from them."""
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -45,9 +45,13 @@ def split_arguments(arguments) -> tuple[Paper, list[str]]:
     if not names:
         raise ValueError(f"name=[]: give a paper ({', '.join(PAPERS)}) or a study of "
                          f"{paper.name!r} ({', '.join(paper.names)}) or 'all'")
-    if arguments[0] not in PAPERS and names[0] != "all" and names[0] not in paper.names:
-        raise ValueError(f"name={names[0]!r}: neither a paper ({', '.join(PAPERS)}) nor a study "
+    unknown = [n for n in names if n != "all" and n not in paper.names]
+    if unknown and unknown[0] == arguments[0]:
+        raise ValueError(f"name={unknown[0]!r}: neither a paper ({', '.join(PAPERS)}) nor a study "
                          f"of {paper.name!r} ({', '.join(paper.names)}, all)")
+    if unknown:           # every name is checked before anything starts, 'all' or not
+        raise ValueError(f"name={unknown[0]!r}: unknown study of paper {paper.name!r}; one of "
+                         f"{', '.join(paper.names)}, all")
     return paper, paper.resolve(names)
 
 

@@ -285,7 +285,11 @@ def certify_catalogue(key, ds: xr.Dataset, *, method: str = "auto", num_eigenval
     p = int(ds.sizes["parameter"])
     method = choose_method(p, method)
     if method == "lanczos":
-        num_blocks = min(num_blocks, p // block_size)
+        block_size = v.positive_int("block_size", block_size)
+        if block_size > p:
+            v.fail("block_size", block_size, f"must be <= the {p} parameters of the catalogue's "
+                   "networks (a Lanczos block spans at most the whole space)")
+        num_blocks = min(v.positive_int("num_blocks", num_blocks), p // block_size)
     num_eigenvalues = min(v.positive_int("num_eigenvalues", num_eigenvalues), p)
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(ds.sizes["point"]))
     cert, ranks = _certify_many(keys, weights, task, method=method, num_eigenvalues=num_eigenvalues,

@@ -28,6 +28,8 @@ from typing import Annotated
 
 import typer
 
+from .._validation import shorten
+
 saddles_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                           help="Saddle points: sample the normal form, certify on the true loss, "
                                "escape experiments.")
@@ -64,6 +66,9 @@ def _fields(flags: dict[str, tuple[str | None, bool]]) -> dict[str, object]:
     """``{field: (text or None, is_list)}`` -> ``{field: value}`` for the flags given."""
     out = {}
     for field, (text, is_list) in flags.items():
+        if text is not None and any(ord(c) < 32 or ord(c) == 127 for c in text):
+            raise ValueError(f"{field}={shorten(repr(text))}: contains a control character; give "
+                             "the value on one line")
         if text is not None:
             out[field] = [_value(x) for x in text.split(",")] if is_list else _value(text)
     return out

@@ -17,7 +17,6 @@ Each ``*_from_config`` function is the one library call behind a command.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Literal, TypeVar
@@ -25,9 +24,10 @@ from typing import Annotated, Literal, TypeVar
 import jax
 import pydantic
 import xarray as xr
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..core.task import Task
+from ..experiments.config import MAX_MEMORY_BYTES, MAX_STEPS, FieldError
 from .catalogue import certify_catalogue, sample_catalogue
 from .certify import Tolerances
 from .escape import escape_experiment
@@ -126,6 +126,31 @@ class SampleConfig(_Model):
     prior: SamplePrior = Field(default_factory=SamplePrior)
     refine: SampleRefine = Field(default_factory=SampleRefine)
 
+    @model_validator(mode="after")
+    def _sizes(self):
+        """Refuse, before any work, more steps than :data:`MAX_STEPS` or an estimate beyond
+        :data:`MAX_MEMORY_BYTES` (the limits of ``dlnlab run``): the teacher's bases, the points
+        of one (rank, subset) with the refinement's working copies, and the chains' traces."""
+        s, w = self.sampler, [float(x) for x in self.task.widths]
+        steps = s.num_steps + s.quench_steps
+        if steps > MAX_STEPS:
+            raise FieldError("sampler.num_steps", s.num_steps,
+                             f"num_steps + quench_steps = {steps} exceeds {MAX_STEPS} (MAX_STEPS)")
+        params = sum(a * b for a, b in zip(w[:-1], w[1:], strict=False))
+        parts = {"task.widths": 8.0 * (w[0] ** 2 + w[-1] ** 2 + w[0] * w[-1]),
+                 "sampler.num_chains": 64.0 * (s.num_chains + s.num_exact) * params
+                 + 32.0 * s.num_chains * steps}
+        total = sum(parts.values())
+        if total > MAX_MEMORY_BYTES:
+            field = max(parts, key=parts.get)
+            if field == "sampler.num_chains" and 64.0 * params > MAX_MEMORY_BYTES / 2:
+                field = "task.widths"
+            value = self.task.widths if field == "task.widths" else s.num_chains
+            raise FieldError(field, value, f"would need about {total:.2g} bytes of memory (limit "
+                             f"{MAX_MEMORY_BYTES / 2 ** 30:g} GiB); lower task.widths, "
+                             "sampler.num_chains, num_exact or num_steps")
+        return self
+
 
 # ------------------------------------------------------------------------------ certify
 class CertifyConfig(_Model):
@@ -158,6 +183,12 @@ class EscapeConfig(_Model):
     sde_step: float | None = Field(None, gt=0.0, description="SDE step h (default: learning rate)")
     max_points: int = Field(20, ge=1, description="at most this many saddles")
 
+    @model_validator(mode="after")
+    def _steps(self):
+        if self.num_steps > MAX_STEPS:
+            raise FieldError("num_steps", self.num_steps, f"exceeds {MAX_STEPS} (MAX_STEPS)")
+        return self
+
     @field_validator("methods")
     @classmethod
     def _methods(cls, value):      # the names themselves are checked by escape_experiment
@@ -172,33 +203,20 @@ class EscapeConfig(_Model):
 Config = TypeVar("Config", SampleConfig, CertifyConfig, EscapeConfig)
 
 
-def _location(loc) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "config"
-
-
-def _format_error(error: pydantic.ValidationError) -> str:
-    first = error.errors()[0]
-    field = _location(first["loc"])
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "missing":
-        return f"{field}: is required"
-    if first["type"] == "extra_forbidden":
-        return f"{field}={first.get('input')!r}: unknown field"
-    return f"{field}={first.get('input')!r}: {message}"
-
-
 def validate_config(kind: type[Config], data: Mapping) -> Config:
     """``kind`` (a config model) from a dict; a bad value raises one ``ValueError`` line."""
+    from ..experiments.config import format_error
+
     try:
         return kind.model_validate(dict(data))
     except pydantic.ValidationError as error:
-        raise ValueError(_format_error(error)) from None
+        raise ValueError(format_error(error, root=kind)) from None
 
 
 def _set(data: dict, key: str, value) -> None:
+    from ..experiments.config import check_key
+
+    check_key(key)
     parts = key.split(".")
     target = data
     for part in parts[:-1]:
@@ -213,18 +231,9 @@ def load_config(kind: type[Config], path: str | Path | None = None,
     """Resolve a config: ``kind``'s defaults, then the TOML file ``path`` (``None``: none), then
     ``overrides`` (``"a.b=value"``, the value parsed as TOML: :func:`dlnlab.experiments.apply_override`),
     then ``fields`` (dotted key -> value, e.g. the CLI's flags; ``None`` values are skipped)."""
-    from ..experiments.config import apply_override
+    from ..experiments.config import apply_override, read_toml
 
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config={str(path)!r}: no such file")
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-            reason = " ".join(str(error).split())
-            raise ValueError(f"config={str(path)!r}: not valid TOML ({reason})") from None
+    data: dict = read_toml(path) if path is not None else {}
     for item in overrides:
         apply_override(data, item)
     for key, value in (fields or {}).items():
@@ -269,6 +278,12 @@ def sample_from_config(config: SampleConfig) -> xr.Dataset:
 def certify_from_config(config: CertifyConfig, points: xr.Dataset) -> xr.Dataset:
     """What ``dlnlab saddles certify`` computes: :func:`certify_catalogue`; attributes
     ``certify_seed`` and ``certify_config`` added."""
+    params = int(points.sizes.get("parameter", 0))
+    if config.method == "dense" and 24.0 * params ** 2 > MAX_MEMORY_BYTES:
+        raise FieldError("method", config.method,
+                         f"the dense Hessian of {params} parameters would need about "
+                         f"{24.0 * params ** 2:.2g} bytes of memory (limit "
+                         f"{MAX_MEMORY_BYTES / 2 ** 30:g} GiB); use lanczos or auto")
     catalogue = certify_catalogue(
         jax.random.key(config.seed), points, method=config.method,
         num_eigenvalues=config.num_eigenvalues, num_blocks=config.num_blocks,
@@ -282,6 +297,22 @@ def certify_from_config(config: CertifyConfig, points: xr.Dataset) -> xr.Dataset
 def escape_from_config(config: EscapeConfig, catalogue: xr.Dataset) -> xr.Dataset:
     """What ``dlnlab saddles escape`` computes: :func:`escape_experiment`; attributes ``seed`` and
     ``escape_config`` added."""
+    from .catalogue import catalogue_widths
+
+    widths = [float(x) for x in catalogue_widths(catalogue)]
+    params = sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=False))
+    points = float(min(config.max_points, catalogue.sizes.get("point", 0)))
+    per_run = 64.0 * params + 16.0 * config.batch_size * (widths[0] + widths[-1]) \
+        + 8.0 * config.num_steps
+    need = points * config.num_runs * per_run
+    if need > MAX_MEMORY_BYTES:
+        field = ("num_runs" if points * per_run <= MAX_MEMORY_BYTES / 2
+                 else "batch_size" if 16.0 * config.batch_size * (widths[0] + widths[-1]) > per_run / 2
+                 else "num_steps")
+        raise FieldError(field, getattr(config, field),
+                         f"{int(points)} saddles x {config.num_runs} runs would need about "
+                         f"{need:.2g} bytes of memory (limit {MAX_MEMORY_BYTES / 2 ** 30:g} GiB); "
+                         "lower num_runs, num_steps, batch_size or max_points")
     result = escape_experiment(
         jax.random.key(config.seed), catalogue, methods=tuple(config.methods),
         learning_rate=config.learning_rate, num_steps=config.num_steps, num_runs=config.num_runs,
