@@ -1,5 +1,10 @@
 """Per-run learning events of a mode: when its amplitude crosses a level, where its modewise
-diffusion peaks (docs/theory.md §8: the maximum of ``D_a`` before ``a`` first reaches ``s``)."""
+diffusion peaks (docs/theory.md §8: the maximum of ``D_a`` before ``a`` first reaches ``s``), and
+how many records the record grid put inside the transition (an event the grid cannot resolve
+is flagged, never reported as if it were measured).
+
+A run that never reaches a level within its records has NaN for that event: statistics over
+runs treat it as right-censored at the horizon (:func:`dlnlab.analysis.stats.censored_median`)."""
 
 from __future__ import annotations
 
@@ -29,6 +34,25 @@ def crossing_times(times, values, level) -> np.ndarray:
     return np.where(hit, out, np.nan)
 
 
+#: Fewest records between ``t(0.1 s)`` and ``t(0.9 s)`` for an event time or amplitude to count
+#: as resolved by the record grid (crossing times are interpolated between records; a peak of
+#: ``D_a`` needs records on both sides of it inside the transition).
+MIN_TRANSITION_RECORDS = 5
+
+
+def transition_records(times, t_start, t_end) -> np.ndarray:
+    """Number of record ``times`` in ``[t_start, t_end]`` (the transition from ``0.1 s`` to
+    ``0.9 s``), per run and mode; NaN where either end is NaN (the transition did not complete).
+    Fewer than :data:`MIN_TRANSITION_RECORDS` means the grid cannot resolve the events in it."""
+    t = np.asarray(times, dtype=np.float64)
+    lo = np.asarray(t_start, dtype=np.float64)
+    hi = np.asarray(t_end, dtype=np.float64)
+    ok = np.isfinite(lo) & np.isfinite(hi)
+    count = (np.searchsorted(t, np.where(ok, hi, 0.0), side="right")
+             - np.searchsorted(t, np.where(ok, lo, 0.0), side="left"))
+    return np.where(ok, count.astype(np.float64), np.nan)
+
+
 def diffusion_peaks(times, amplitude, diffusion, spectrum):
     """Observed diffusion peak of every run and mode: ``(t_peak, a_at_peak, d_peak)``.
 
@@ -53,10 +77,12 @@ def diffusion_peaks(times, amplitude, diffusion, spectrum):
 
 def learning_events(ds: xr.Dataset, modes: int | None = None) -> xr.Dataset:
     """Per-run events of a dataset with ``amplitude``, ``diffusion`` (dims ``..., run, time,
-    mode``), ``spectrum`` and ``theory_peak_amplitude``: ``t_half``, ``t_90`` (first time
-    ``a >= 0.5 s`` / ``0.9 s``), ``t_peak``, ``a_at_peak``, ``d_peak`` (observed diffusion peak) and
-    ``t_cross_peak`` (first time ``a`` reaches the predicted peak amplitude). ``modes``: keep the
-    first ``modes`` modes (default: those with ``s > 0``)."""
+    mode``), ``spectrum`` and ``theory_peak_amplitude``: ``t_10``, ``t_half``, ``t_90`` (first time
+    ``a >= 0.1 s`` / ``0.5 s`` / ``0.9 s``; NaN: not reached, censored at the horizon), ``t_peak``,
+    ``a_at_peak``, ``d_peak`` (observed diffusion peak), ``t_cross_peak`` (first time ``a``
+    reaches the predicted peak amplitude) and ``transition_records`` (records in
+    ``[t_10, t_90]``: :func:`transition_records`). ``modes``: keep the first ``modes`` modes
+    (default: those with ``s > 0``). Times in t = step x learning rate."""
     s = ds.spectrum.values
     k = int(np.sum(s > 0)) if modes is None else int(modes)
     sub = ds.isel(mode=slice(0, k))
@@ -68,15 +94,18 @@ def learning_events(ds: xr.Dataset, modes: int | None = None) -> xr.Dataset:
     d = sub.diffusion.transpose(*dims, "time").values
     t_peak, a_peak, d_peak = diffusion_peaks(t, a, d, sk)
     predicted = sub.theory_peak_amplitude.values
+    t_10, t_90 = crossing_times(t, a, 0.1 * sk), crossing_times(t, a, 0.9 * sk)
     out = {
+        "t_10": (dims, t_10),
         "t_half": (dims, crossing_times(t, a, 0.5 * sk)),
-        "t_90": (dims, crossing_times(t, a, 0.9 * sk)),
+        "t_90": (dims, t_90),
         "t_peak": (dims, t_peak),
         "a_at_peak": (dims, a_peak),
         "d_peak": (dims, d_peak),
         "t_cross_peak": (dims, np.where(np.isfinite(predicted),
                                         crossing_times(t, a, np.nan_to_num(predicted, nan=np.inf)),
                                         np.nan)),
+        "transition_records": (dims, transition_records(t, t_10, t_90)),
     }
     coords = {name: amp.coords[name] for name in dims if name in amp.coords}
     return xr.Dataset(out, coords=coords)

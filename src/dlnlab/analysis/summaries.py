@@ -1,6 +1,7 @@
 """Summaries of run datasets that several studies share: one method of a run dataset, the
 teacher's rank, the learning events of its modes, the deviation of the exact modewise diffusion
-from the reduced formula while a mode is in transit, and the diffusion-peak table.
+from the reduced formula while a mode is in transit, and the diffusion-peak table. Medians of
+times to an event are Kaplan-Meier medians (runs without the event censored at the horizon).
 
 Every function reads named variables of an ``xarray.Dataset`` (``amplitude``, ``diffusion``,
 ``reduced_diffusion``, ``spectrum``, ``theory_peak_amplitude``, the events of
@@ -13,7 +14,7 @@ import numpy as np
 import xarray as xr
 
 from .events import learning_events
-from .stats import finite_median, wilson_interval
+from .stats import censored_median, finite_median, wilson_interval
 
 TRAINING_PARAMETERS = ("learning_rate", "batch_size", "label_noise", "depth")
 
@@ -46,26 +47,44 @@ def transit_deviation(ds: xr.Dataset) -> xr.DataArray:
     return rel.where(transit).median(dim=dims)
 
 
+def km_median(times, horizon: float) -> float:
+    """Kaplan-Meier median of per-run event times (NaN: not reached, censored at ``horizon``)
+    as a float, NaN when not identified (:func:`~dlnlab.analysis.stats.censored_median`)."""
+    median = censored_median(times, horizon)["median"]
+    return np.nan if median is None else median
+
+
 def peak_rows(ds: xr.Dataset, label: str) -> list[dict]:
-    """Per mode of one method's events: where and when the diffusion peaks against eq. 9's
-    predicted amplitude, and in which fraction of runs it peaks before ``a`` reaches ``0.9 s``
-    (with its 95% Wilson interval)."""
+    """Per mode of one method's events (dims ``run, mode``): where and when the diffusion peaks
+    against eq. 9's predicted amplitude, and in which fraction of runs it peaks before ``a``
+    reaches ``0.9 s`` (with its 95% Wilson interval).
+
+    Times are Kaplan-Meier medians over all ``runs_total`` runs, a run without the event
+    censored at the last record time (NaN: not reached); the observed peak counts as an event
+    only for a run that reached ``0.9 s`` (``runs``; ``a_at_peak_median`` is over those runs).
+    ``t_90_crossed`` / ``t_cross_peak_crossed``: runs with the event. Times in t = step x
+    learning rate."""
+    horizon = float(ds.time.values[-1]) if "time" in ds.coords else np.nan
     rows = []
     for i in range(ds.sizes["mode"]):
         m = ds.isel(mode=i)
         before = (m.t_peak < m.t_90).values
         valid = np.isfinite(m.t_peak.values) & np.isfinite(m.t_90.values)
         lo, hi = wilson_interval(int(np.sum(before & valid)), int(np.sum(valid)))
+        learned = np.isfinite(m.t_90.values)
         rows.append({
             "method": label, "mode": i + 1, "s": float(m.spectrum),
             "a_peak_predicted": float(m.theory_peak_amplitude),
-            "a_at_peak_median": finite_median(m.a_at_peak),
-            "t_peak_median": finite_median(m.t_peak),
-            "t_cross_peak_median": finite_median(m.t_cross_peak),
-            "t_90_median": finite_median(m.t_90),
+            "a_at_peak_median": finite_median(np.where(learned, m.a_at_peak.values, np.nan)),
+            "t_peak_median": km_median(np.where(learned, m.t_peak.values, np.nan), horizon),
+            "t_cross_peak_median": km_median(m.t_cross_peak.values, horizon),
+            "t_cross_peak_crossed": int(np.isfinite(m.t_cross_peak.values).sum()),
+            "t_90_median": km_median(m.t_90.values, horizon),
+            "t_90_crossed": int(learned.sum()),
             "peak_before_90_fraction": (float(np.sum(before & valid)) / max(int(valid.sum()), 1)),
             "peak_before_90_ci95": [lo, hi], "runs": int(valid.sum()),
-            "d_peak_median": finite_median(m.d_peak),
+            "runs_total": int(m.t_90.size),
+            "d_peak_median": finite_median(np.where(learned, m.d_peak.values, np.nan)),
         })
     return rows
 

@@ -10,7 +10,7 @@ import xarray as xr
 
 from ...analysis.claims import claim_row
 from ...analysis.events import crossing_times, learning_events
-from ...analysis.stats import finite_median
+from ...analysis.stats import censored_median
 from ...analysis.summaries import teacher_rank, training_parameters
 from ...experiments.study import Study
 from ...plot.panels import COLORS, TIME_LABEL, new_figure
@@ -48,15 +48,24 @@ def analyse(data):
     return out
 
 
+def _km_median(x, horizon) -> float:
+    """Kaplan-Meier median of event times ``x`` censored at ``horizon``; NaN if not reached."""
+    median = censored_median(np.asarray(x), horizon)["median"]
+    return math.nan if median is None else median
+
+
 def transition_mask(d: xr.Dataset) -> np.ndarray:
-    """Times inside any mode's transition window [median t(0.1 s), median t(0.9 s)]."""
+    """Times inside any mode's transition window [median t(0.1 s), median t(0.9 s)]
+    (Kaplan-Meier medians over runs, censored at the horizon; a window whose end is not reached
+    runs to the horizon, one whose start is not reached is empty)."""
     t = d.time.values
+    horizon = float(t[-1])
     mask = np.zeros(t.size, dtype=bool)
     for i in range(d.sizes["mode"]):
-        lo = finite_median(d.t_10.isel(mode=i))
-        hi = finite_median(d.t_90.isel(mode=i))
-        if np.isfinite(lo) and np.isfinite(hi):
-            mask |= (t >= lo) & (t <= hi)
+        lo = _km_median(d.t_10.isel(mode=i).values, horizon)
+        hi = _km_median(d.t_90.isel(mode=i).values, horizon)
+        if np.isfinite(lo):
+            mask |= (t >= lo) & (t <= (hi if np.isfinite(hi) else horizon))
     return mask
 
 
@@ -90,8 +99,8 @@ def cross_mode_summary(ds, method="sgd") -> dict:
             "largest": float(med[t_i, p_i]), "largest_pair": str(ds.pair.values[p_i]),
             "largest_time": float(ds.time.values[t_i]),
             "largest_in_transition": bool(transition_mask(d)[t_i]),
-            "first_start": finite_median(d.t_10.isel(mode=0)),
-            "last_end": finite_median(d.t_90.isel(mode=-1))}
+            "first_start": _km_median(d.t_10.isel(mode=0).values, float(d.time.values[-1])),
+            "last_end": _km_median(d.t_90.isel(mode=-1).values, float(d.time.values[-1]))}
 
 
 def claims(ds):
