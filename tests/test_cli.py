@@ -20,7 +20,8 @@ from dlnlab.cli import main
 
 DEFAULTS = {"depth": 4, "spectrum": "1,0.667,0.333", "learning_rate": 0.01, "batch_size": 1,
             "label_noise": 0.0, "init_amplitude": 0.002}
-KEYS = {"s", "t_half", "a_peak", "stationary_mean", "stationary_variance"}
+KEYS = {"s", "reachable", "t_half", "a_peak", "stationary_exists", "stationary_mean",
+        "stationary_variance", "note"}
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -80,7 +81,7 @@ def assert_rows_equal(got: list[dict], want: list[dict]) -> None:
     for g, w in zip(got, want, strict=True):
         assert set(g) == KEYS
         assert (g["a_peak"] is None) == (w["a_peak"] is None), (g, w)
-        for key in KEYS:
+        for key in w:
             if w[key] is None:
                 continue
             np.testing.assert_allclose(g[key], w[key], rtol=1e-12, atol=0, err_msg=key)
@@ -274,3 +275,24 @@ def test_run_passes_overwrite_to_the_runner(monkeypatch):
     assert main(["run", "--set", "runs=2", "--overwrite"]) == 0
     assert seen == {"overrides": ["runs=2"], "overwrite": True}
     assert main(["run"]) == 0 and seen["overwrite"] is False
+
+
+def test_theory_names_unreachable_modes_and_missing_stationary_laws(capsys):
+    """Width 1 below a rank-2 teacher: mode 2 is unreachable (no learning time); depth 2 with
+    (eta/B)(2 s^2 + sigma^2) = 0.25 * 11 >= 2 s: no stationary law (not a number)."""
+    code, out, err = run_cli(capsys, "--depth", "2", "--spectrum", "1,0.5",
+                             "--widths", "3,1,3", "--learning-rate", "0.25",
+                             "--label-noise", "3", "--json")
+    assert code == 0 and err == ""
+    first, second = parse_json(out)
+    assert first["reachable"] and not second["reachable"]
+    assert second["t_half"] is None and second["stationary_mean"] is None
+    assert first["t_half"] is not None
+    assert first["stationary_exists"] is False and first["stationary_mean"] is None
+    assert "no stationary law" in first["note"]
+    code, out, _ = run_cli(capsys, "--depth", "2", "--spectrum", "1,0.5",
+                           "--widths", "3,1,3", "--learning-rate", "0.25", "--label-noise", "3")
+    assert code == 0
+    assert "unreachable" in out and "no law" in out
+    code, _, err = run_cli(capsys, "--widths", "3,0,3,3,3")
+    assert code == 2 and err.startswith("error: widths=")

@@ -71,19 +71,35 @@ def theory(
         0.002, "--init-amplitude",
         help="Initial mode amplitude a0 (default: rms amplitude of the paper's init, "
              "d=12, variance d^-2, L=4: 12^-2.5 = 0.002)."),
+    widths: str | None = typer.Option(
+        None, "--widths", help="Layer widths d_in,d_1,...,d_out (depth+1 values): modes beyond "
+                               "the narrowest (the rank bottleneck) are unreachable."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list, one object per mode."),
 ) -> None:
     """Per-mode theory: half-learning time, diffusion peak, stationary mean and variance."""
     from .theory.summary import mode_summary
 
     values = _parse_floats("spectrum", spectrum)
-    rows = mode_summary(values, depth, learning_rate, batch_size, label_noise, init_amplitude)
+    layer_widths = None
+    if widths is not None:
+        parsed = _parse_floats("widths", widths)
+        if any(w != int(w) or w < 1 for w in parsed):
+            raise ValueError(f"widths={widths!r}: must be comma-separated integers >= 1")
+        layer_widths = [int(w) for w in parsed]
+    rows = mode_summary(values, depth, learning_rate, batch_size, label_noise, init_amplitude,
+                        widths=layer_widths)
     if as_json:
-        keys = ("s", "t_half", "a_peak", "stationary_mean", "stationary_variance")
-        print(json.dumps([{k: row[k] for k in keys} for row in rows], indent=2))
+        keys = ("s", "reachable", "t_half", "a_peak", "stationary_exists", "stationary_mean",
+                "stationary_variance", "note")
+        print(json.dumps([{k: row[k] for k in keys} for row in rows], indent=2, allow_nan=False))
         return
     from rich.console import Console
     from rich.table import Table
+
+    def number(x, spec):
+        if x is None:
+            return "-"
+        return "inf" if x == float("inf") else format(x, spec)
 
     table = Table(title=f"Theory per mode: L={depth}, eta={learning_rate:g}, B={batch_size}, "
                         f"sigma={label_noise:g}, a0={init_amplitude:g}  (time t = step x eta)")
@@ -91,18 +107,26 @@ def theory(
                    "var quad"):
         table.add_column(header, justify="right", no_wrap=True)
     for i, row in enumerate(rows, start=1):
+        if not row["reachable"]:
+            table.add_row(str(i), f"{row['s']:g}", "unreachable", *["-"] * 6)
+            continue
         peak = "none" if row["a_peak"] is None else f"{row['a_peak']:.6g}"
-        table.add_row(str(i), f"{row['s']:g}", f"{row['t_half']:.6g}", peak,
+        law = row["stationary_exists"]
+        table.add_row(str(i), f"{row['s']:g}", number(row["t_half"], ".6g"), peak,
                       "-" if row["a_peak"] is None else ("yes" if row["peak_is_global"] else "no"),
-                      f"{row['stationary_mean_first_order']:.8g}",
-                      f"{row['stationary_mean']:.8g}",
-                      f"{row['stationary_variance_first_order']:.6g}",
-                      f"{row['stationary_variance']:.6g}")
+                      number(row["stationary_mean_first_order"], ".8g"),
+                      number(row["stationary_mean"], ".8g") if law else "no law",
+                      number(row["stationary_variance_first_order"], ".6g"),
+                      number(row["stationary_variance"], ".6g") if law else "no law")
     console = Console(width=None if sys.stdout.isatty() else 120)
     console.print(table)
-    console.print("t_half: gradient-flow time from a0 to s/2. a_peak: diffusion peak (eq. 9); "
-                  "max?: it is the maximum of D_a on (0, s]. Stationary law (docs/theory.md §9): "
-                  "first order in eta/B ('1st') and quadrature ('quad').")
+    console.print("t_half: gradient-flow time from a0 to s/2 (aligned start; docs/theory.md §7). "
+                  "a_peak: diffusion peak (paper eq. 9, docs/theory.md §8); max?: it is the "
+                  "maximum of D_a on (0, s]. Stationary law (docs/theory.md §9): first order in "
+                  "eta/B ('1st') and quadrature ('quad').")
+    for i, row in enumerate(rows, start=1):
+        if row["note"]:
+            console.print(f"mode {i}: {row['note']}")
     if label_noise == 0.0:
         console.print("sigma = 0: each stationary law is a Dirac mass at s (variance 0).")
 

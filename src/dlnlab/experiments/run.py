@@ -25,7 +25,7 @@ from ..core import modes as core_modes
 from ..core.task import Task
 from ..core.weights import init_aligned, init_balanced, init_gaussian
 from ..dynamics.registry import get_method
-from ..engine import Recording, Schedule, run_keys, simulate, steps_for_times
+from ..engine import Checkpoint, Recording, Schedule, run_keys, simulate, steps_for_times
 from ..theory.gradient_flow import (
     gradient_flow_curve,
     gradient_flow_time,
@@ -375,11 +375,12 @@ def provenance(config: ExperimentConfig) -> dict:
 
 
 def run_experiment(config: ExperimentConfig, *, progress_factory=None, checkpoint_dir=None,
-                   partial_dir=None) -> xr.Dataset:
-    """Run every method of ``config``; one Dataset with a ``method`` dimension.
+                   partial_dir=None, checkpoint_seconds: float = 60.0) -> xr.Dataset:
+    """Run every method of ``config``; one Dataset with a ``method_name`` dimension.
 
     ``progress_factory(method, total_steps)`` returns a ``progress(done, total)`` callback.
-    ``checkpoint_dir``: per-method checkpoints (resumed when present). ``partial_dir``: each
+    ``checkpoint_dir``: per-method checkpoints (resumed when present), written every
+    ``checkpoint_seconds`` of wall time. ``partial_dir``: each
     finished method's dataset is saved there and reused on a rerun (an interrupted experiment
     restarts at the method it was in).
     """
@@ -401,7 +402,8 @@ def run_experiment(config: ExperimentConfig, *, progress_factory=None, checkpoin
             continue
         steps_total = int(round(times[-1] / config.step_size(method)))
         progress = None if progress_factory is None else progress_factory(method, steps_total)
-        ckpt = None if checkpoint_dir is None else checkpoint_dir / f"{method}.npz"
+        ckpt = (None if checkpoint_dir is None
+                else Checkpoint(checkpoint_dir / f"{method}.npz", checkpoint_seconds))
         t0 = time.perf_counter()
         ds = run_method(config, method, task, weights, times, progress=progress, checkpoint=ckpt,
                         prepared=prepared[method])

@@ -133,19 +133,6 @@ def progress_reporter(quiet: bool = False, *, stream=None, transient: bool = Fal
         yield lambda label="": progress_factory(progress, label)
 
 
-class _CheckpointFolder:
-    """A checkpoint folder whose ``folder / "gd.npz"`` is a :class:`~dlnlab.engine.Checkpoint`
-    with interval ``every_seconds`` (``run_experiment`` builds each method's checkpoint so)."""
-
-    def __init__(self, path: Path, every_seconds: float):
-        self.path, self.every_seconds = Path(path), every_seconds
-
-    def __truediv__(self, name):
-        from ..engine import Checkpoint
-
-        return Checkpoint(self.path / name, self.every_seconds)
-
-
 def run_to_directory(config_path=None, overrides=None, out=None, *, quiet: bool = False,
                      overwrite: bool = False):
     """Run the experiment of ``config_path`` (+ ``key=value`` overrides) into a run directory.
@@ -198,11 +185,10 @@ def run_to_directory(config_path=None, overrides=None, out=None, *, quiet: bool 
             (work / "checkpoints").mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise write_error(work / "checkpoints", error) from None
-        checkpoints = (work / "checkpoints" if checkpoint_seconds == 60.0
-                       else _CheckpointFolder(work / "checkpoints", checkpoint_seconds))
         with progress_reporter(quiet) as reporter:
             data = run_experiment(config, progress_factory=None if reporter is None else reporter(""),
-                                  checkpoint_dir=checkpoints, partial_dir=work)
+                                  checkpoint_dir=work / "checkpoints", partial_dir=work,
+                                  checkpoint_seconds=checkpoint_seconds)
         summary = summarise(data)
         summary["config"] = config.model_dump(mode="json")
         summary["provenance"] = {k: v for k, v in data.attrs.items() if k != "config_toml"}
