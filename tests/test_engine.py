@@ -287,11 +287,13 @@ def test_checkpoint_with_other_observable_settings_is_not_mixed_in(tmp_path):
 
 # ---------------------------------------------------------------------------- divergence
 def _first_divergent_step(weights, task, lr, threshold, max_steps):
-    """Independent float64 GD loop: the first k with loss(w_k) non-finite or > threshold."""
+    """Independent float64 GD loop: the first k with loss(w_k) non-finite or with the excess loss
+    above the threshold (loss > threshold + 0.5 tr S_eps, the noise floor)."""
     w = tuple(np.asarray(x, np.float64) for x in weights)
+    floor = 0.5 * float(np.trace(np.asarray(task.label_covariance)))
     for k in range(max_steps):
         loss = float(d.population_loss(w, task))
-        if not loss <= threshold:
+        if not loss <= threshold + floor:
             return k
         w = tuple(x - lr * np.asarray(g) for x, g in zip(w, d.gradient(w, task), strict=True))
     return -1
@@ -327,17 +329,23 @@ def test_divergent_run_is_labelled_and_others_are_unaffected():
 
 def test_huge_initialisation_diverges_at_step_zero_and_threshold_is_used():
     """A run started with weights x 1000 has loss ~1e11 at step 0 (above 1e8): diverged at 0,
-    the others finish. ``divergence_threshold`` is the bound used: at 0 every run (loss > 0) is
-    labelled at step 0."""
+    the others finish. ``divergence_threshold`` is the bound used on the excess loss: at 0 every
+    run of a task without label noise (loss > 0) is labelled at step 0; with label noise, at
+    threshold 0 only the runs whose minibatch loss exceeds the noise allowance are."""
     stepper, weights, hp = sgd_setup()
     big = tuple(w.at[2].multiply(1000.0) for w in weights)
     ds = en.simulate(stepper, big, hp, ROOT, STEPS)
     np.testing.assert_array_equal(ds.diverged_step, [-1, -1, 0, -1])
     assert list(ds.status.values) == ["ok", "ok", "diverged", "ok"]
     assert np.all(np.isfinite(np.asarray(ds.amplitude)[[0, 1, 3]]))
-    # threshold 0: every run is "diverged" at step 0 (its loss, > 0, exceeds it)
-    low = en.simulate(stepper, weights, hp, ROOT, STEPS, divergence_threshold=0.0)
+    # threshold 0 without label noise: every run is "diverged" at step 0 (its loss, > 0, exceeds it)
+    quiet = dy.OnlineSGD(make_task(label_noise=None), batch_size=1)
+    low = en.simulate(quiet, weights, hp, ROOT, STEPS, divergence_threshold=0.0)
     np.testing.assert_array_equal(low.diverged_step, [0] * RUNS)
+    # with label noise 0.5 the minibatch loss may carry up to 200 x 0.5 tr S_eps = 50 of noise
+    assert stepper.divergence_allowance() == 200 * 0.5 * 2 * 0.25
+    noisy = en.simulate(stepper, weights, hp, ROOT, STEPS, divergence_threshold=0.0)
+    np.testing.assert_array_equal(noisy.diverged_step, [-1] * RUNS)
 
 
 # ---------------------------------------------------------------------------- schedules

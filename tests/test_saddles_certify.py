@@ -202,8 +202,9 @@ def test_certify_rejects_bad_input(key):
 
 
 def test_float32_points_keep_their_dtype_and_looser_tolerances(key):
-    """A float32 point is certified in float32, with tolerances scaled by sqrt(eps_float32); the
-    SGLD step keeps float32 positions (blackjax's noise would promote them under x64)."""
+    """A float32 point is certified in float32, with tolerances scaled by eps_float32
+    (``tol_eig = 10 eps sqrt(P) h + sqrt(L) ||grad L|| / ||theta||``); the SGLD step keeps
+    float32 positions (blackjax's noise would promote them under x64)."""
     spectrum = [3.0, 2.0, 1.0]
     task = d.Task.from_spectrum(key, 4, 3, spectrum, dtype=jnp.float32)
     form = sd.normal_form(task, (0,))
@@ -213,9 +214,48 @@ def test_float32_points_keep_their_dtype_and_looser_tolerances(key):
     assert int(cert.classification) == sd.STRICT_SADDLE
     np.testing.assert_allclose(float(cert.smallest_eigenvalues[0]), -2.0, rtol=1e-5)
     eps32 = float(jnp.finfo(jnp.float32).eps)
-    np.testing.assert_allclose(float(cert.eigenvalue_tolerance), np.sqrt(eps32) * float(cert.spectral_scale),
-                               rtol=1e-3)
+    p = 4 * 3 + 3 * 3
+    gauge = np.sqrt(2) * float(cert.gradient_norm) / float(d.flatten_weights(weights).astype(jnp.float64)
+                                                           @ d.flatten_weights(weights)) ** 0.5
+    np.testing.assert_allclose(float(cert.eigenvalue_tolerance),
+                               10 * eps32 * np.sqrt(p) * float(cert.spectral_scale) + gauge, rtol=1e-3)
     z = sd.random_residuals(key, (4, 3, 3), 1, dtype=jnp.float32)
     state, info = jax.jit(sd.sgld_step)(key, sd.SamplerState(z, jnp.zeros((), jnp.int32)), form.sigma,
                                         sd.Prior(), jnp.float32(1e-3), jnp.float32(1e-2))
     assert all(x.dtype == jnp.float32 for x in state.position)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_small_negative_curvature_is_a_strict_saddle_in_both_precisions(key, dtype):
+    """Teacher spectrum (1, 5e-4), widths (2, 2, 2), mode 1 learned (subset (0,)): the closed form
+    (docs/saddles.md §6) has lambda_min = -s_2 = -5e-4 at spectral scale h = 2 with one free hidden
+    unit. Certified a strict saddle of index 1 in float32 and float64 (tol_eig = 10 eps sqrt(P) h
+    + gauge term, far below 5e-4). The old default tol_eig = sqrt(eps) h (7e-4 in float32) called
+    it a minimum: reproduced with eig_rtol = sqrt(eps) / sqrt(P). The true minimum (both modes
+    learned) stays a minimum of index 0 with the closed form's nullity in both precisions."""
+    spectrum = [1.0, 5e-4]
+    widths = (2, 2, 2)
+    p = 8
+    eps = float(jnp.finfo(dtype).eps)
+    task = d.Task.from_spectrum(key, 2, 2, spectrum, dtype=dtype)
+    saddle = sd.assemble_weights(sd.normal_form(task, (0,)), sd.zero_residuals(widths, 1, dtype=dtype))
+    closed = sd.two_layer_saddle_spectrum(spectrum, (0,), 2, 2, 2)
+    assert closed.min() == pytest.approx(-5e-4) and int(np.sum(closed < 0)) == 1
+    cert = sd.certify(None, saddle, task)
+    assert cert.smallest_eigenvalues.dtype == dtype
+    assert int(cert.classification) == sd.STRICT_SADDLE
+    assert int(cert.index) == 1
+    np.testing.assert_allclose(float(cert.smallest_eigenvalues[0]), -5e-4, rtol=1e-3)
+    assert float(cert.eigenvalue_tolerance) < 0.1 * 5e-4
+    old = sd.certify(None, saddle, task, tolerances=sd.Tolerances(eig_rtol=np.sqrt(eps) / np.sqrt(p)))
+    np.testing.assert_allclose(float(old.eigenvalue_tolerance) - float(cert.eigenvalue_tolerance),
+                               (np.sqrt(eps) - 10 * eps * np.sqrt(p)) * float(cert.spectral_scale),
+                               rtol=1e-5)
+    if dtype == jnp.float32:
+        assert int(old.classification) == sd.MINIMUM           # the bug: a strict saddle missed
+    minimum = sd.assemble_weights(sd.normal_form(task, (0, 1)), sd.zero_residuals(widths, 2, dtype=dtype))
+    closed_min = sd.two_layer_saddle_spectrum(spectrum, (0, 1), 2, 2, 2)
+    assert closed_min.min() == 0.0
+    cert = sd.certify(None, minimum, task)
+    assert int(cert.classification) == sd.MINIMUM
+    assert int(cert.index) == 0 and int(cert.nullity) == int(np.sum(closed_min == 0.0))

@@ -1,6 +1,8 @@
 """``python -m dlnlab``: the ``dlnlab`` command."""
 
-from .cli import _console_script
+import sys
+
+from .cli import main
 
 if __name__ == "__main__":
-    _console_script()
+    sys.exit(main())

@@ -18,6 +18,7 @@ from .langevin import (
     IsotropicHyperparameters,
     IsotropicLangevin,
     matched_temperature,
+    matched_temperatures,
 )
 from .method import ConformanceCase, Method, MethodSettings, Section
 from .momentum import MomentumHyperparameters, MomentumSGD, MomentumState
@@ -54,6 +55,7 @@ __all__ = [
     "get_method",
     "key_words",
     "matched_temperature",
+    "matched_temperatures",
     "method_names",
     "observable_names",
 ]

@@ -25,7 +25,9 @@ from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from .. import _validation as v
 from .._types import Array
 from ..core.task import Task
 from . import _ops as ops
@@ -56,6 +58,98 @@ class StepSizeHyperparameters(NamedTuple):
     step_size: Any = None
 
 
+# A minibatch's label-noise energy is below this many times its mean except with probability
+# <= (normals per step) x P(z^2 > 100) = (normals per step) x 2e-23 (Stepper.divergence_allowance).
+MINIBATCH_NOISE_QUANTILE = 100.0
+
+
+# ------------------------------------------------------------------ hyperparameter rules
+# One rule per numeric hyperparameter name, the same as the config's (experiments/config.py and
+# the method sections): ``(lower bound, lower strict, upper bound, upper strict, integer)``.
+_RULES: dict[str, tuple[float | None, bool, float | None, bool, bool]] = {
+    "learning_rate": (0.0, True, None, False, False),
+    "batch_size": (1.0, False, None, False, True),
+    "step_size": (0.0, True, None, False, False),
+    "temperature": (0.0, False, None, False, False),
+    "momentum": (0.0, False, 1.0, True, False),
+}
+
+
+def hyperparameter_rule(name: str) -> str:
+    """The rule a hyperparameter's values obey, as the error message states it."""
+    low, low_strict, high, high_strict, integer = _RULES.get(
+        name, (None, False, None, False, False))
+    kind = "an integer" if integer else "a finite number"
+    if low is not None and high is not None:
+        bounds = f" in {'(' if low_strict else '['}{low:g}, {high:g}{')' if high_strict else ']'}"
+    elif low is not None:
+        bounds = f" {'>' if low_strict else '>='} {low:g}"
+    elif high is not None:
+        bounds = f" {'<' if high_strict else '<='} {high:g}"
+    else:
+        bounds = ""
+    return f"must be {kind}{bounds} (a scalar or one per run)"
+
+
+def check_hyperparameter(name: str, value, dtype=None) -> np.ndarray | None:
+    """``value`` of hyperparameter ``name`` as a float64 array (scalar or one per run), checked
+    host-side with the config's rule (:func:`hyperparameter_rule`): a number or an array of
+    numbers (no strings, booleans, ``None`` for a required field is the caller's check), every
+    entry finite and within its bounds, and still finite in ``dtype`` (the simulation's
+    precision: ``1e300`` overflows float32). Tracers (inside ``jit``) are skipped (returns
+    ``None``). Raises ``ValueError`` ``hparams.NAME[=VALUE]: rule``; a per-run array names the
+    first bad entry ``hparams.NAME[i]``."""
+    if not v.is_concrete(value):
+        return None
+    label = f"hparams.{name}"
+    try:
+        raw = np.asarray(value)
+    except (TypeError, ValueError, OverflowError):
+        raw = np.asarray(None)
+    if raw.dtype.kind not in "iuf":              # strings, booleans, objects, complex
+        kind = type(value).__name__ if raw.ndim == 0 else f"an array of {raw.dtype}"
+        v.fail(label, value, f"{hyperparameter_rule(name)}, not {kind}")
+    arr = raw.astype(np.float64)
+    if arr.ndim > 1:
+        v.fail(label, value, hyperparameter_rule(name) + ": a scalar or a 1-D array")
+    low, low_strict, high, high_strict, integer = _RULES.get(
+        name, (None, False, None, False, False))
+    flat = arr.reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        in_dtype = flat if dtype is None else flat.astype(np.dtype(dtype)).astype(np.float64)
+    bad = ~np.isfinite(in_dtype)
+    if low is not None:
+        bad |= (flat <= low) if low_strict else (flat < low)
+        if low_strict:
+            bad |= in_dtype <= low                   # e.g. 1e-300 is 0 in float32
+    if high is not None:
+        bad |= (flat >= high) if high_strict else (flat > high)
+    if integer:
+        bad |= np.isfinite(flat) & (flat != np.round(flat))
+    if np.any(bad):
+        i = int(np.flatnonzero(bad)[0])
+        where = label if arr.ndim == 0 else f"{label}[{i}]"
+        shown = value if arr.ndim == 0 else float(flat[i])
+        rule = hyperparameter_rule(name)
+        if np.isfinite(flat[i]) and not np.isfinite(in_dtype[i]):
+            rule = f"overflows {np.dtype(dtype).name} (the weights' precision); {rule}"
+        elif flat[i] != in_dtype[i] and low_strict and in_dtype[i] <= low < flat[i]:
+            rule = f"underflows to 0 in {np.dtype(dtype).name} (the weights' precision); {rule}"
+        v.fail(where, shown, rule)
+    return arr
+
+
+def check_hyperparameters(hparams, dtype=None):
+    """Every numeric field of a hyperparameters NamedTuple checked by
+    :func:`check_hyperparameter` (``None`` fields are skipped: defaults or the caller's required
+    check). Returns ``hparams`` unchanged."""
+    for name in hparams._fields:
+        value = getattr(hparams, name)
+        if value is not None:
+            check_hyperparameter(name, value, dtype)
+    return hparams
+
+
 class State(NamedTuple):
     """``weights``: tuple of ``(d_l, d_{l-1}, *R)`` arrays; ``step``: int32 steps taken."""
     weights: tuple
@@ -63,7 +157,8 @@ class State(NamedTuple):
 
 
 class Info(NamedTuple):
-    """``loss`` ``(*R)``: training loss before the step (SGD: the minibatch loss)."""
+    """``loss`` ``(*R)``: training loss before the step (SGD: the minibatch loss); the engine's
+    divergence test compares it with the threshold plus :meth:`Stepper.divergence_allowance`."""
     loss: Array
 
 
@@ -85,12 +180,15 @@ class Stepper:
     (the task is data, the other fields static), so ``jax.jit`` recompiles only when the
     structure changes. ``replacement`` is the sampling the offline SGD noise is modelled with
     (with replacement: ``1/B``; without: ``(n - B) / (B (n - 1))``): it sets the noise of the
-    offline steppers and the offline diffusion observables.
+    offline steppers and the offline diffusion observables. ``reports_minibatch_loss``: the
+    :class:`Info` loss is that of the step's minibatch (SGD families), not the full training loss;
+    it sets the noise allowance of the divergence test (:meth:`divergence_allowance`).
     """
     task: Task
     replacement: bool = True
     name: ClassVar[str] = "stepper"
     uses_step_size: ClassVar[bool] = False
+    reports_minibatch_loss: ClassVar[bool] = False
     hyperparameters_type: ClassVar[type] = Hyperparameters
     required_hyperparameters: ClassVar[tuple[str, ...]] = ("learning_rate",)
 
@@ -100,8 +198,13 @@ class Stepper:
         return State(weights, jnp.zeros((), jnp.int32))
 
     def hyperparameters(self, **values):
-        """This family's hyperparameters NamedTuple from keyword values (unknown names raise a
-        one-line ``ValueError`` listing the valid ones)."""
+        """This family's hyperparameters NamedTuple from keyword values.
+
+        Each value is a scalar or one per run, checked with the config's rules (learning rate
+        and step size finite and ``> 0``, batch size an integer ``>= 1``, temperature finite and
+        ``>= 0``, momentum in ``[0, 1)``: :func:`check_hyperparameter`). Raises a one-line
+        ``ValueError`` ``hparams.NAME=VALUE: rule`` for an unknown name (listing the valid ones),
+        a missing required one or a bad value; tracers are not checked."""
         fields = self.hyperparameters_type._fields
         unknown = [k for k in values if k not in fields]
         if unknown:
@@ -111,7 +214,7 @@ class Stepper:
         if missing:
             raise ValueError(f"hparams.{missing[0]}=None: required by {type(self).__name__} "
                              f"(required: {', '.join(self.required_hyperparameters)})")
-        return self.hyperparameters_type(**values)
+        return check_hyperparameters(self.hyperparameters_type(**values))
 
     def time_step(self, hparams):
         """Continuous time per step: ``h`` for SDE/ODE steppers, else the learning rate."""
@@ -134,6 +237,39 @@ class Stepper:
         """``step(key, state, hparams) -> (state, info)``: the contract (module docstring)."""
         words = ops.key_words(key)
         return self.apply(words, self.draw(words, state.step, dtype_of(state)), state, hparams)
+
+    def divergence_allowance(self) -> float:
+        """The part of :attr:`Info.loss` that noise alone can give a run that is not diverging
+        (host-side float64, from the task). The engine labels a run diverged when its loss is
+        non-finite or ``loss > threshold + allowance``: the threshold bounds the *excess* loss,
+        so a large irreducible noise floor is never mistaken for a divergence.
+
+        - Full-batch losses (GD, gradient flow, the SDEs, online: the population loss; offline:
+          the empirical loss): the floor no weights go below, exactly. Online
+          ``0.5 tr S_eps``; offline the least-squares residual ``0.5 mean_i |y_i - W* x_i|^2``
+          (``W*`` the best linear map: ``L_emp(W) = floor + 0.5 mean_i |(W - W*) x_i|^2``).
+        - Minibatch losses (:attr:`reports_minibatch_loss`: SGD and momentum SGD), with
+          ``0.5 |a + b|^2 <= |a|^2 + |b|^2``: online the label-noise part
+          ``(1/B) sum_i |eps_i|^2`` (mean ``2 x 0.5 tr S_eps``) is below ``K`` times its mean
+          except with probability ``<= d_out B P(z^2 > K)`` (``K = 100``: ``2e-23`` per
+          normal), so ``2 K x 0.5 tr S_eps``; offline ``max_i |y_i - W* x_i|^2`` (a bound).
+
+        0 without label noise online (the threshold is then the loss itself, as before).
+        Source: docs/theory.md §1 (the loss and its noise floor).
+        """
+        task = self.task
+        if task.online:
+            if task.label_covariance is None:
+                return 0.0
+            floor = 0.5 * float(np.trace(np.asarray(task.label_covariance, dtype=np.float64)))
+            return 2.0 * MINIBATCH_NOISE_QUANTILE * floor if self.reports_minibatch_loss else floor
+        x = np.asarray(task.data.inputs, dtype=np.float64)
+        y = np.asarray(task.data.targets, dtype=np.float64)
+        best, *_ = np.linalg.lstsq(x, y, rcond=None)                 # (d_in, d_out) = W*^T
+        residual = np.sum((y - x @ best) ** 2, axis=1)               # |y_i - W* x_i|^2
+        if self.reports_minibatch_loss:
+            return float(np.max(residual))
+        return 0.5 * float(np.mean(residual))
 
     def gradient_and_loss(self, weights):
         """Full training gradient (population online, empirical offline) and loss."""

@@ -156,7 +156,8 @@ class AnisotropicSection(Section):
 
 class IsotropicSection(Section):
     temperature: float | Literal["matched"] = Field(
-        "matched", description="T, or 'matched': eta tr Sigma / (2 B P) at the initial weights")
+        "matched", description="T, or 'matched': each run at eta tr Sigma / (2 B P) of its own "
+        "initial weights")
     step_size: float | None = Field(None, gt=0.0, description="EM step h; default learning rate / 10")
 
     @field_validator("temperature")
@@ -167,27 +168,47 @@ class IsotropicSection(Section):
         return value
 
 
-def matched_temperature(weights, task, learning_rate: float, batch_size: int,
-                        replacement: bool = True) -> float:
-    """``T = eta tr Sigma(theta_ref) / (2 B P)`` averaged over runs at their initial weights
-    ``(runs, d_l, d_{l-1})`` (docs/theory.md §4): the isotropic noise with the anisotropic
-    model's mean per-parameter variance."""
+def matched_temperatures(weights, task, learning_rate: float, batch_size: int,
+                         replacement: bool = True) -> np.ndarray:
+    """Per-run matched temperatures ``T_i = eta tr Sigma(theta_i(0)) / (2 B P)``, shape
+    ``(runs,)`` from initial weights ``(runs, d_l, d_{l-1})`` (docs/theory.md §4): run ``i``'s
+    isotropic noise has the anisotropic model's mean per-parameter variance at run ``i``'s own
+    start (``tr Sigma`` by :func:`dlnlab.core.noise_trace`, batch factor included; ``P`` the
+    number of parameters). Run ``i``'s value depends on run ``i``'s weights only, so the isotropic
+    SDE's run ``i`` is the same however many runs are made (the engine's invariance)."""
     traces = jax.vmap(lambda w: noise_trace(w, task, batch_size, replacement))(weights)
     num_params = sum(int(np.prod(w.shape[1:])) for w in weights)
-    return float(learning_rate * jnp.mean(traces) / (2 * num_params))
+    return learning_rate * np.asarray(traces, dtype=np.float64) / (2 * num_params)
+
+
+def matched_temperature(weights, task, learning_rate: float, batch_size: int,
+                        replacement: bool = True) -> float:
+    """The mean over runs of :func:`matched_temperatures`: a one-number summary for reports.
+    The isotropic SDE itself runs each run at its own matched temperature (a mean over runs
+    would make run ``i`` depend on the other runs)."""
+    return float(np.mean(matched_temperatures(weights, task, learning_rate, batch_size,
+                                              replacement)))
 
 
 def _prepare_isotropic(weights, task, settings: MethodSettings) -> dict:
+    """``{"temperatures": T per run (runs,) or the section's number, "temperature": their mean}``.
+
+    ``temperatures`` is what the dynamics use (run ``i`` at its own matched temperature:
+    independent of the number of runs); ``temperature`` is the summary written to datasets."""
     temperature = settings.section.temperature
     if temperature == "matched":
-        temperature = matched_temperature(weights, task, settings.learning_rate,
-                                          settings.batch_size, settings.replacement)
-    return {"temperature": float(temperature)}
+        per_run = matched_temperatures(weights, task, settings.learning_rate,
+                                       settings.batch_size, settings.replacement)
+        return {"temperatures": per_run, "temperature": float(np.mean(per_run))}
+    return {"temperatures": float(temperature), "temperature": float(temperature)}
 
 
 def _isotropic_hyperparameters(settings: MethodSettings, prepared: dict):
+    """The temperature is ``prepared["temperatures"]`` (one per run, from :func:`_prepare_isotropic`)
+    or, in a hand-made ``prepared``, ``prepared["temperature"]`` (one number for every run)."""
+    temperature = prepared["temperatures"] if "temperatures" in prepared else prepared["temperature"]
     return IsotropicHyperparameters(settings.learning_rate, float(settings.batch_size),
-                                    settings.step_size, prepared["temperature"])
+                                    settings.step_size, temperature)
 
 
 ANISOTROPIC = Method(

@@ -46,6 +46,7 @@ class MomentumSGD(Stepper):
     offline (with or without replacement, as :class:`~dlnlab.dynamics.sgd.OfflineSGD`)."""
     batch_size: int = 1
     name: ClassVar[str] = "momentum_sgd"
+    reports_minibatch_loss: ClassVar[bool] = True
     hyperparameters_type: ClassVar[type] = MomentumHyperparameters
     required_hyperparameters: ClassVar[tuple[str, ...]] = ("learning_rate", "momentum")
 

@@ -98,6 +98,7 @@ class OnlineSGD(Stepper):
     """``theta <- theta - eta mean_{i<=B} g(x_i, eps_i)`` with fresh ``x ~ N(0, S_x)`` each step."""
     batch_size: int = 1
     name: ClassVar[str] = "sgd"
+    reports_minibatch_loss: ClassVar[bool] = True
 
     def __post_init__(self):
         v.positive_int("batch_size", self.batch_size)
@@ -122,6 +123,7 @@ class OfflineSGD(Stepper):
     :class:`EpochState` without."""
     batch_size: int = 1
     name: ClassVar[str] = "offline_sgd"
+    reports_minibatch_loss: ClassVar[bool] = True
 
     def __post_init__(self):
         v.positive_int("batch_size", self.batch_size)

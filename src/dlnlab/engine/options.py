@@ -45,7 +45,8 @@ class Recording:
 class Layout:
     """How the runs are laid out; results never depend on it (bit-identical).
 
-    - ``block_steps``: steps per pre-drawn noise block.
+    - ``block_steps``: steps per pre-drawn noise block (1 is compiled as 2: a one-trip loop is
+      inlined by XLA and rounds differently; see ``engine.simulate._block``).
     - ``run_group``: runs advanced together (cache blocking); ``None``: 128 on CPU, all runs
       elsewhere. Runs are padded to a multiple of the groups with copies of the last run.
     - ``parallel``: on CPU, split the run groups over the host devices.

@@ -23,7 +23,7 @@ import xarray as xr
 
 from .. import _validation as v
 from ..dynamics import key_words
-from ..dynamics.base import Stepper
+from ..dynamics.base import Stepper, check_hyperparameter
 from ..dynamics.observers import OBSERVABLE_DIMS
 from ..io.atomic import atomic_write_npz
 from .options import Checkpoint, Layout, Recording, Schedule
@@ -96,24 +96,18 @@ def _is_default(value, default) -> bool:
 
 def _broadcast_hparams(stepper: Stepper, hparams, num_runs: int, dtype):
     """Every leaf as an array of shape ``(num_runs,)`` (runs-minor broadcasting); ``hparams``
-    must be the stepper family's type (a one-line error names the expected one)."""
+    must be the stepper family's type (a one-line error names the expected one) and every value
+    obey its rule (:func:`~dlnlab.dynamics.base.check_hyperparameter`), host-side before the
+    compiled call (new values never recompile)."""
     hparams = family_hyperparameters(stepper, hparams)
     def leaf(name, x):
         if x is None:
             return None
-        try:
-            raw = np.asarray(x)
-        except (TypeError, ValueError):
-            raw = np.asarray(None)
-        if raw.dtype.kind not in "iuf":              # no strings, booleans or objects
-            v.fail(f"hparams.{name}", x, "must be a number or an array of numbers")
-        arr = raw.astype(np.float64)
+        arr = check_hyperparameter(name, x, dtype)      # the config's rule, every entry
         if arr.ndim == 0:
             arr = np.full((num_runs,), float(arr))
         if arr.shape != (num_runs,):
             v.fail(f"hparams.{name}", x, f"must be a scalar or have shape ({num_runs},) (one per run)")
-        if not np.all(np.isfinite(arr)):
-            v.fail(f"hparams.{name}", x, "must be finite")
         return jnp.asarray(arr, dtype)
     return type(hparams)(*(leaf(n, getattr(hparams, n)) for n in hparams._fields))
 
@@ -231,6 +225,33 @@ def _advance_parallel(stepper, state, diverged, words, hparams, num_steps, *, bl
     return batched._replace(step=state.step + num_steps), div
 
 
+def _check_threshold(threshold) -> float:
+    """The divergence threshold: a finite number ``>= 0`` (one-line error otherwise)."""
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float | np.integer | np.floating):
+        v.fail("divergence_threshold", threshold, "must be a finite number >= 0")
+    v.finite_scalar("divergence_threshold", threshold, minimum=0.0)
+    return float(threshold)
+
+
+def _loss_limit(stepper: Stepper, threshold: float, dtype):
+    """The loss above which a run of ``stepper`` is labelled diverged: the threshold on the
+    excess loss plus the stepper's noise allowance (:meth:`Stepper.divergence_allowance`; 0
+    without label noise online, so the limit is then the threshold itself)."""
+    return jnp.asarray(threshold + stepper.divergence_allowance(), dtype)
+
+
+def _block(block_steps: int) -> int:
+    """The compiled block length: ``block_steps``, at least 2.
+
+    A one-step block is a ``lax.scan`` of one trip, which XLA inlines into the enclosing loop;
+    the inlined step is fused (and its multiply-adds contracted into FMAs) differently, and the
+    anisotropic SDE then rounded differently in float32 (1 ulp after a few steps). Two steps
+    per block keep one loop structure for every ``block_steps``; the results are bit-identical
+    (``tests/test_engine_trust.py``) and the extra pre-drawn step costs nothing measurable.
+    """
+    return max(2, int(block_steps))
+
+
 def _layout(num_runs: int, run_group: int | None, parallel: bool) -> tuple[int, int, int]:
     """``(run_group, num_devices, padded_runs)``. On CPU: groups of 128 runs (cache blocking)
     spread over the host devices; elsewhere (GPU) all runs at once on one device."""
@@ -337,15 +358,18 @@ def simulate(stepper: Stepper, weights, hparams, key, recording, *, layout: Layo
       progress: ``progress(done_steps, total_steps)`` after each dispatch.
       schedule: a :class:`~dlnlab.engine.Schedule` of switches (or a sequence of them).
       run_offset: index of the first run (for keys and the ``run`` coordinate).
-      divergence_threshold: a run whose loss is non-finite or above this is labelled diverged
-        at that step; the others are unaffected.
+      divergence_threshold: a run whose loss is non-finite or whose *excess* loss (the loss
+        minus the stepper's noise allowance, :meth:`~dlnlab.dynamics.Stepper.divergence_allowance`:
+        the task's noise floor ``0.5 tr S_eps`` for full-batch losses) is above this is
+        labelled diverged at that step; the others are unaffected. A finite number ``>= 0``.
 
     Returns an ``xarray.Dataset`` with dims ``run``, ``time`` and the observables' own dims;
     ``time = step * h`` (``h`` the stepper's time step; a data variable ``elapsed`` per run when
     ``h`` differs across runs), variables ``diverged_step`` (-1 if ok) and ``status``.
 
-    Raises ``ValueError`` (one line naming the argument) for bad steps, hyperparameters, layout
-    or switches.
+    Raises ``ValueError`` (one line naming the argument) for bad steps, hyperparameters (each
+    value checked with the config's rule, e.g. ``hparams.learning_rate=-0.1: must be a finite
+    number > 0``; host-side, before anything is compiled), threshold, layout or switches.
     """
     recording = recording if isinstance(recording, Recording) else Recording(recording)
     layout = Layout() if layout is None else layout
@@ -368,6 +392,9 @@ def simulate(stepper: Stepper, weights, hparams, key, recording, *, layout: Layo
     words = key_words(keys)                                           # (2, R)
     state = initial_state(stepper, weights)
     phases = _phases(stepper, hp, schedule, num_runs, dtype, state)
+    divergence_threshold = _check_threshold(divergence_threshold)
+    limits = [_loss_limit(st, divergence_threshold, dtype) for _, st, _ in phases]
+    block_steps = _block(layout.block_steps)
     diverged = jnp.full((num_runs,), -1, jnp.int32)
     pad = _padder(num_runs, padded)
 
@@ -400,8 +427,8 @@ def simulate(stepper: Stepper, weights, hparams, key, recording, *, layout: Layo
             t0 = time.perf_counter()
             state, diverged = pad.unpad(_advance_parallel(
                 active, *pad.pad((state, diverged, words, active_hp)), jnp.int32(n),
-                block_steps=layout.block_steps, run_group=run_group, num_devices=num_devices,
-                threshold=jnp.asarray(divergence_threshold, dtype)))
+                block_steps=block_steps, run_group=run_group, num_devices=num_devices,
+                threshold=limits[phase]))
             jax.block_until_ready(diverged)
             elapsed = time.perf_counter() - t0
             if first_call:
@@ -443,11 +470,12 @@ def advance_from(stepper: Stepper, weights, hparams, key, *, layout: Layout | No
     pad = _padder(num_runs, padded)
     start = pad.pad((initial_state(stepper, weights), jnp.full((num_runs,), -1, jnp.int32), words,
                      hp))
-    threshold = jnp.asarray(divergence_threshold, dtype)
+    threshold = _loss_limit(stepper, _check_threshold(divergence_threshold), dtype)
+    block_steps = _block(layout.block_steps)
 
     def advance(n: int):
         return pad.unpad(_advance_parallel(stepper, *start, jnp.int32(n),
-                                           block_steps=layout.block_steps, run_group=run_group,
+                                           block_steps=block_steps, run_group=run_group,
                                            num_devices=num_devices, threshold=threshold))
     return advance
 

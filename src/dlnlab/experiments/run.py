@@ -423,7 +423,11 @@ def run_experiment(config: ExperimentConfig, *, progress_factory=None, checkpoin
                               step_size=("method_name", [config.step_size(m) for m in config.methods]))
     overlays = theory_overlays(config, task, weights, times, measured=data)
     data = data.merge(overlays)
-    data["isotropic_temperature"] = float(prepared.get("isotropic", {}).get("temperature", 0.0))
+    if "isotropic" in prepared:   # each run's own matched temperature (run i never depends on runs)
+        data["isotropic_temperature"] = ("run", np.broadcast_to(np.asarray(
+            prepared["isotropic"]["temperatures"], dtype=np.float64), (config.runs,)).copy())
+    else:
+        data["isotropic_temperature"] = 0.0
     data.attrs.update(provenance(config))
     data.attrs.update(learning_rate=config.training.learning_rate,
                       batch_size=config.training.batch_size, label_noise=config.task.label_noise,

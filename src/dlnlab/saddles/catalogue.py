@@ -301,7 +301,8 @@ def certify_catalogue(key, ds: xr.Dataset, *, method: str = "auto", num_eigenval
         "gradient_tolerance": "tol_grad = grad_rtol * G (docs/saddles.md)",
         "minimum_loss": "L_min, global minimum loss for these widths",
         "spectral_scale": "max |Hessian eigenvalue| (Lanczos: max |Ritz value|)",
-        "eigenvalue_tolerance": "tol_eig = eig_rtol * spectral_scale + sqrt(L) ||grad L|| / ||theta||",
+        "eigenvalue_tolerance": ("tol_eig = eig_rtol * sqrt(P) * spectral_scale"
+                                 " + sqrt(L) ||grad L|| / ||theta||"),
         "loss_tolerance": "tol_loss = loss_rtol * 0.5 ||M S_x^1/2||_F^2",
         "index": "number of negative eigenvalues (< -tol_eig); Lanczos: SLQ estimate",
         "index_standard_error": "standard error of the index estimate (0: exact)",

@@ -162,7 +162,7 @@ class CertifyConfig(_Model):
     num_blocks: int = Field(40, ge=1, description="Lanczos blocks")
     block_size: int = Field(8, ge=1, description="Lanczos block size")
     grad_rtol: float | None = Field(None, ge=0.0, description="default sqrt(eps)")
-    eig_rtol: float | None = Field(None, ge=0.0, description="default sqrt(eps)")
+    eig_rtol: float | None = Field(None, ge=0.0, description="default 10 eps (times sqrt(P) h)")
     loss_rtol: float | None = Field(None, ge=0.0, description="default sqrt(eps)")
 
 

@@ -26,7 +26,7 @@ def analyse(data):
                            "theory_gf_amplitude", "method_label", "loss"]], k)
     out = out.drop_vars("diffusion")
     out.attrs.update(training_parameters(raw),
-                     isotropic_temperature=float(raw.isotropic_temperature))
+                     isotropic_temperature=float(raw.isotropic_temperature.mean()))
     return out
 
 

@@ -63,7 +63,7 @@ def analyse(data):
             amp[i, j, :ds.sizes["run"]] = ds.sel(method_name=m).amplitude.isel(mode=0).transpose(
                 "run", "time").values
             if m == "isotropic":
-                temperature[i] = float(ds.isotropic_temperature)
+                temperature[i] = float(ds.isotropic_temperature.mean())
     s = float(first.spectrum.values[0])
     p = training_parameters(data["label-sgd"])
     depth, lr, batch, sigma = int(p["depth"]), p["learning_rate"], p["batch_size"], p["label_noise"]
