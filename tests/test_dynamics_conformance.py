@@ -1,5 +1,5 @@
 """Every stepper against the contract ``step(key, state, hparams) -> (state, info)`` and against
-its deterministic limits (THEORY §4; ``dynamics/steppers.py``).
+its deterministic limits (docs/theory.md §4; ``dynamics/steppers.py``).
 
 Contract (every stepper in ``CASES``: GD and gradient flow, online SGD with B = 1 and B = 3 with
 and without label noise on whitened and correlated inputs, offline SGD with and without
@@ -451,7 +451,7 @@ def test_gd_step_is_the_core_gradient():
 
 
 def test_reduced_sde_without_noise_is_euler_on_the_gradient_flow_drift():
-    """Reduced SDE with ``eta = 0``: ``a <- a + h L |a|^(2-2/L) (s - a)`` (THEORY §6, by hand)."""
+    """Reduced SDE with ``eta = 0``: ``a <- a + h L |a|^(2-2/L) (s - a)`` (docs/theory.md §6, by hand)."""
     task = make_task("white_noise")
     s = np.asarray(task.spectrum)
     a = np.array([0.3, 0.1])
@@ -540,7 +540,7 @@ def test_sde_step_has_the_gradient_noise_covariance(regime, substeps, replacemen
 
 def test_isotropic_and_reduced_steps_have_their_laws():
     """Isotropic Langevin: ``theta' - theta + h grad L ~ N(0, 2 T h I)``. Reduced SDE: per mode
-    ``a' ~ N(a + h (mu_GF + mu_Ito), h D(a))`` independently (THEORY §6 closed forms); 20000 runs,
+    ``a' ~ N(a + h (mu_GF + mu_Ito), h D(a))`` independently (docs/theory.md §6 closed forms); 20000 runs,
     mean and variance within K standard errors; a doubled variance is rejected."""
     runs, h = 20000, 0.01
     task = make_task("white_noise")

@@ -212,7 +212,7 @@ def test_label_noise_overlays_use_the_stationary_law():
     data = run_experiment(config)
     m = stationary_moments([1.0], 2, 0.02, 1, 1.0)
     np.testing.assert_allclose(data.theory_stationary_mean.values[0], m.mean[0], rtol=1e-10)
-    assert data.theory_stationary_mean.values[0] < 1.0           # below s (THEORY §8)
+    assert data.theory_stationary_mean.values[0] < 1.0           # below s (docs/theory.md §9)
 
 
 def test_bench_json_schema(capsys, monkeypatch):

@@ -1,4 +1,4 @@
-"""Single-layer fluctuation theory of the second seed paper (THEORY §9; §10 check 9, theory part)."""
+"""Single-layer fluctuation theory of the second seed paper (docs/theory.md §10)."""
 
 from __future__ import annotations
 

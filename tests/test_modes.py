@@ -1,4 +1,4 @@
-"""Modes, NTK, modewise diffusion and Ito drift at arbitrary states (THEORY §5; §10 check 4)."""
+"""Modes, NTK, modewise diffusion and Ito drift at arbitrary states (docs/theory.md §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Gradient-noise covariance and samplers (THEORY §3; §10 checks 1-3)."""
+"""Gradient-noise covariance and samplers (docs/theory.md §3-§4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Normal form and constraint energy (THEORY §9, docs/saddles.md "Normal form", "Energy").
+"""Normal form and constraint energy (docs/saddles.md "Normal form", "Energy").
 
 Independent computations: the true population gradient (``dlnlab.gradient``, the analytic
 ``A_l^T D B_l^T``) at the assembled weights, the end-to-end product, central differences.

@@ -1,4 +1,4 @@
-"""Statistics of the simulated dynamics against theory (THEORY §6, §8, §9, §10.6, §10.8, §10.9)
+"""Statistics of the simulated dynamics against theory (docs/theory.md §6, §9, §10)
 and the convergence orders of Euler-Maruyama.
 
 Every comparison is within ``K_SIGMA`` Monte Carlo standard errors estimated from the same
@@ -70,7 +70,7 @@ def flatten_runs(weights):
 
 # ---------------------------------------------------------------------------- §10.6
 def test_reduced_sde_matches_the_full_sde_from_an_aligned_balanced_start():
-    """THEORY §10.6. From an aligned, balanced state (``init_aligned``), the reduced SDE (§6,
+    """docs/theory.md §6. From an aligned, balanced state (``init_aligned``), the reduced SDE (§6,
     coupled) and the full anisotropic SDE (EM, same ``h``) have the same ensemble mean and
     variance of the mode amplitudes at t = 0.25 and 0.5 (4000 runs each, L = 2, s = (1, 0.5),
     sigma = 0.5, eta = 0.1). A reduced SDE with the diffusion (and Ito drift) doubled, i.e.
@@ -105,7 +105,7 @@ def test_reduced_sde_matches_the_full_sde_from_an_aligned_balanced_start():
 
 # ---------------------------------------------------------------------------- §10.8
 def test_online_sgd_reaches_the_corrected_stationary_law():
-    """THEORY §10.8 (simulation). Online SGD with label noise on a depth-2 scalar network
+    """docs/theory.md §9 (simulation). Online SGD with label noise on a depth-2 scalar network
     (widths 1-1-1, s = 1, sigma = 1, eta/B = 0.02; the paper's example), started balanced at
     a = s: after t = 4 (8 relaxation times) the time-averaged mean and variance of the mode over
     t in [4, 14] agree with the quadrature law of ``theory.stationary.stationary_moments``
@@ -270,7 +270,7 @@ def _stationary_deviations(stepper, task, solution, eta, runs, burn, gap, sample
 
 
 def test_single_layer_sgd_covariance_is_the_lyapunov_solution_online():
-    """THEORY §10.9, online: single-layer SGD (L = 1, d_in = 3, d_out = 2, correlated inputs with
+    """docs/theory.md §10, online: single-layer SGD (L = 1, d_in = 3, d_out = 2, correlated inputs with
     eigenvalues 0.5 .. 1.6, label noise sigma = 0.5, eta = 0.01, B = 1) fluctuates around
     ``w* = M`` with the covariance M solving ``H M + M H = eta C``
     (``theory.linear_regression.single_layer_fluctuations``; here ``eta sigma^2 / (2B) I``),
@@ -291,7 +291,7 @@ def test_single_layer_sgd_covariance_is_the_lyapunov_solution_online():
 
 
 def test_single_layer_lyapunov_solution_with_anisotropic_label_noise():
-    """THEORY §9: with anisotropic label noise ``S_eps`` and correlated inputs, the online
+    """docs/theory.md §10: with anisotropic label noise ``S_eps`` and correlated inputs, the online
     Lyapunov solution is ``(eta / 2B) I (x) S_eps`` (H = S_x (x) I and C = S_x (x) S_eps / B
     commute), and single-layer SGD's stationary covariance is it; the isotropic formula with
     ``sigma^2 = tr(S_eps) / d_out`` is rejected."""
@@ -311,7 +311,7 @@ def test_single_layer_lyapunov_solution_with_anisotropic_label_noise():
 
 
 def test_single_layer_sgd_covariance_breaks_detailed_balance_offline():
-    """THEORY §10.9, offline (n = 4 samples, d_in = 2, d_out = 1, label noise 0.5, eta = 0.01,
+    """docs/theory.md §10, offline (n = 4 samples, d_in = 2, d_out = 1, label noise 0.5, eta = 0.01,
     with replacement): H = S_xx and the finite-data noise C at w* do not commute, so the
     Lyapunov solution M differs from the detailed-balance form ``(eta/2) H^-1 C`` (by 40% here);
     SGD's stationary covariance is M and the detailed-balance form is rejected. 4000 runs x 4

@@ -1,4 +1,4 @@
-"""Task construction (THEORY §1) and initialisations."""
+"""Task construction (docs/theory.md §1) and initialisations."""
 
 from __future__ import annotations
 

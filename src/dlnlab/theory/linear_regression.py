@@ -1,4 +1,4 @@
-"""Stationary weight fluctuations of a single-layer linear network (THEORY §9; second seed paper,
+"""Stationary weight fluctuations of a single-layer linear network (docs/theory.md §10; second seed
 Gross et al., Phys. Rev. Research 6, 033103 (2024), eqs. 2.14-2.34).
 
 Same time convention as everywhere here: ``t = step * eta``; the paper's ``lambda`` is our
