@@ -27,7 +27,7 @@ from dlnlab.theory import diffusion_peak
 
 EXAMPLES = sorted(p for p in (Path(__file__).parent.parent / "examples").glob("*.toml")
                   if not p.name.startswith("saddles_"))   # run configs (saddles: own tests)
-TINY = ["runs=3", "training.horizon=2", "record.points=11", "sde.step_size=0.005",
+TINY = ["runs=3", 'record.spacing="linear"', "training.horizon=2", "record.points=11", "sde.step_size=0.005",
         "isotropic.step_size=0.005", "reduced.step_size=0.005"]
 
 

@@ -87,6 +87,8 @@ def test_report_collects_every_claim(quick_out):
     report = (quick_out / "reproduction.md").read_text()
     assert markdown.splitlines()[0] == f"# Claims: {PAPER.title}, as measured by dlnlab"
     assert report.splitlines()[0] == f"# Reproduction report: {PAPER.title}"
+    # a quick run says its verdicts have less power than the full run's
+    assert "**Quick size**" in report and "**Quick size**" in markdown
     assert PAPER.citation.title in report
     for c in table:
         assert c["claim"].replace("|", "\\|") in markdown

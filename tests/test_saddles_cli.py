@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import ast
+import shutil
 import tomllib
 from pathlib import Path
 
@@ -323,3 +324,32 @@ def test_saddles_sources_follow_the_one_of_each_rules():
     assert problems == []
     for name in ("write_dataset", "read_dataset", "certify_many"):
         assert not hasattr(sd, name), name
+
+
+def test_a_folder_of_another_sample_is_refused_then_replaced_with_what_was_derived(
+        capsys, tiny, tmp_path):
+    """Sampling other points into a folder with a certified catalogue used to leave the old
+    catalogue beside the new points (and escape then ran on it): now refused, and --overwrite
+    removes the derived files with the old points."""
+    out = tmp_path / "s"
+    shutil.copytree(tiny, out)
+    (out / "catalogue.nc").write_bytes(b"derived from the old points")
+    (out / "figures").mkdir()
+    code, _, err = cli(capsys, "sample", EXAMPLES / "saddles_sample.toml", "--out", out, *TINY[:-2],
+                       "--seed", "7")
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: out={str(out)!r}: holds sample results of a different config")
+    assert (out / "catalogue.nc").exists()                    # nothing touched
+    code, _, err = cli(capsys, "sample", EXAMPLES / "saddles_sample.toml", "--out", out, *TINY[:-2],
+                       "--seed", "7", "--overwrite")
+    assert (code, err) == (0, "")
+    assert files_under(out) == ["config.toml", "points.nc"]
+    assert sd.read_catalogue(out / "points.nc").attrs["seed"] == 7
+    # the same config again is not "different": no flag needed
+    code, _, err = cli(capsys, "sample", out / "config.toml", "--out", out)
+    assert (code, err) == (0, "")
+    # a file as --out is named as such
+    file = tmp_path / "f.toml"
+    file.write_text("")
+    code, _, err = cli(capsys, "sample", "--out", file, *TINY)
+    assert (code, err) == (2, f"error: out={str(file)!r}: is a file, not a folder\n")

@@ -29,7 +29,7 @@ def init_gaussian(key, widths: Sequence[int], gamma: float, dtype=None) -> tuple
     depth grows (the rich, saddle-to-saddle regime); the paper's default is ``gamma = 2``.
     """
     widths = v.widths_tuple("widths", widths)
-    v.finite_scalar("gamma", gamma)
+    v.finite_scalar("gamma", gamma, minimum=0.0)
     dtype = _dtype(dtype)
     keys = jax.random.split(key, len(widths) - 1)
     return tuple(

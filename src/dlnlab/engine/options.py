@@ -32,7 +32,14 @@ class Recording:
     coupled: bool = True
 
     def __post_init__(self):
-        steps = np.asarray(self.steps, dtype=np.int64).ravel()
+        try:
+            given = np.asarray(self.steps).ravel()
+        except (TypeError, ValueError):
+            given = np.asarray([np.nan])
+        if given.dtype == bool or not np.issubdtype(given.dtype, np.number) or np.any(
+                ~np.isfinite(given.astype(np.float64))) or np.any(given != np.round(given)):
+            v.fail("record_steps", self.steps, "must be whole numbers of steps (integers)")
+        steps = given.astype(np.int64)
         if steps.size == 0 or np.any(np.diff(steps) <= 0) or steps[0] < 0:
             v.fail("record_steps", self.steps, "must be a non-empty increasing list of steps >= 0")
         if steps[-1] >= 2**31 - 1:

@@ -380,6 +380,14 @@ def simulate(stepper: Stepper, weights, hparams, key, recording, *, layout: Layo
     schedule = Schedule() if schedule is None else schedule
     if not isinstance(stepper, Stepper):
         v.fail("stepper", type(stepper).__name__, "must be a dlnlab.dynamics.Stepper")
+    if not (isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+            and key.shape == ()):
+        v.fail("key", key, "must be one JAX PRNG key (jax.random.key(seed))")
+    if isinstance(run_offset, bool) or not isinstance(run_offset, int | np.integer) \
+            or run_offset < 0:
+        v.fail("run_offset", run_offset, "must be an integer >= 0")
+    if checkpoint is not None and Path(checkpoint.path).is_dir():
+        v.fail("checkpoint", str(checkpoint.path), "is a folder; give a file path (e.g. run.npz)")
     weights = tuple(weights) if isinstance(weights, tuple | list) else (weights,)
     weights = tuple(jnp.asarray(w) for w in weights)
     num_runs = int(weights[0].shape[0])

@@ -48,6 +48,12 @@ MAX_SINGULAR_VALUE = 1e6
 """Largest teacher singular value, initial amplitude and label-noise std: their squares (the
 loss scale, ~1e12) and the products of the modal algebra stay finite in float32."""
 
+MAX_INIT_GAMMA = 8.0
+"""Largest init exponent ``gamma`` (entries ``N(0, fan_in^-gamma)``, from the lazy/NTK scale 1
+through the paper's 2 to saddle-to-saddle starts of 3 and more): beyond it the initial weights
+are below float32's range at any useful width (at width 1000, ``1000^-8`` = 1e-24 variance).
+A negative ``gamma`` grows the weights with the width and is refused (``ge=0``)."""
+
 MAX_RECORD_POINTS = 10 ** 6
 """Most record points: the record grid is built in memory before it is deduplicated."""
 
@@ -182,8 +188,9 @@ class InitConfig(_Model):
     kind: Literal["gaussian", "balanced", "aligned"] = Field(
         "gaussian", description="gaussian: i.i.d. entries; balanced: W_l^T W_l = W_(l-1) "
                                 "W_(l-1)^T at the same scale; aligned: every mode at amplitude")
-    gamma: float = Field(2.0, description="entries ~ N(0, fan_in^-gamma) (gamma = 2: variance "
-                                          "d^-2)")
+    gamma: float = Field(2.0, ge=0.0, le=MAX_INIT_GAMMA,
+                         description="entries ~ N(0, fan_in^-gamma) (gamma = 2: variance d^-2; "
+                                     "1: the lazy/NTK scale; larger: smaller, richer starts)")
     amplitude: float = Field(0.002, gt=0.0, le=MAX_SINGULAR_VALUE,
                              description="aligned: every mode's initial amplitude a0 (aligned, "
                                          "balanced, Haar-random hidden bases per run)")
@@ -305,6 +312,10 @@ class _ExperimentBase(_Model):
                 raise FieldError("methods", self.methods,
                                  f"{name!r} models online SGD; remove it for a data set "
                                  "(task.num_samples > 0)")
+        if not self.task.num_samples and not self.training.replacement:
+            raise FieldError("training.replacement", False,
+                             "sampling without replacement needs a data set (task.num_samples > "
+                             "0); online SGD draws fresh samples every step")
         if self.task.num_samples and not self.training.replacement:
             if self.training.batch_size > self.task.num_samples:
                 raise FieldError("training.batch_size", self.training.batch_size,
@@ -471,8 +482,13 @@ ExperimentConfig = _build_experiment_config()
 def _location(loc) -> str:
     text = ""
     for part in loc:
+        if isinstance(part, str) and (part in _UNION_BRANCHES or "[" in part):
+            continue   # pydantic's name of a union member (isotropic.temperature.float), not a field
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text
+
+
+_UNION_BRANCHES = {"float", "int", "str", "bool", "list", "dict", "none"}
 
 
 def _model_at(model, loc) -> type[BaseModel] | None:
@@ -533,6 +549,8 @@ def read_toml(path: str | Path, what: str = "config") -> dict:
     """A TOML file as a dict; a missing, unreadable, non-UTF-8 or malformed file is one
     ``ValueError`` line naming it (``what='path': reason``)."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what}={str(path)!r}: is a folder, not a TOML file")
     if not path.is_file():
         raise ValueError(f"{what}={str(path)!r}: no such file")
     try:
@@ -576,7 +594,10 @@ def parse_override(item: str) -> tuple[str, object]:
     check_key(key)
     try:
         parsed = tomllib.loads(f"v = {raw}")
-    except tomllib.TOMLDecodeError:
+    except tomllib.TOMLDecodeError as error:
+        if raw[:1] in "[{\"'":        # meant as a TOML list, table or string: say why it fails
+            reason = shorten(" ".join(str(error).split()), 80)
+            raise FieldError(key, raw, f"not a valid TOML value ({reason})") from None
         parsed = {"v": raw}
     except ValueError as error:          # e.g. an integer of more than 4300 digits
         raise FieldError(key, raw, f"not a readable value ({shorten(str(error), 80)})") from None

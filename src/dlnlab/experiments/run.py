@@ -339,8 +339,32 @@ def theory_overlays(config: ExperimentConfig, task: Task, weights, times,
                     f"runs where it first reaches {FIT_FRACTION:g} s (effective initial amplitude "
                     "theory_effective_initial_amplitude); equals the aligned curve where "
                     "theory_gf_fitted is false")
+    for name, text in _OVERLAY_DESCRIPTIONS.items():
+        out[name].attrs.setdefault("description", text)
     out.attrs["theory_gf_fitted_to"] = fit_from
     return out
+
+
+_OVERLAY_DESCRIPTIONS = {
+    "spectrum": "teacher singular values s (the task's, padded with zeros to min(d_in, d_out))",
+    "theory_initial_amplitude": "mean over runs of |a(0)|, the mode amplitude at t = 0",
+    "theory_effective_initial_amplitude": "initial amplitude of the aligned gradient-flow curve "
+    "through the fitted runs' median |a| where it first reaches 0.1 s (docs/theory.md §7)",
+    "theory_gf_fitted": "whether theory_gf_amplitude was fitted to the runs (false: the aligned "
+    "curve)",
+    "theory_t_half_aligned": "gradient-flow time to s/2 from the aligned start "
+    "theory_initial_amplitude (t = step x learning rate; docs/theory.md §7)",
+    "theory_t_half_effective": "gradient-flow time to s/2 from "
+    "theory_effective_initial_amplitude (t = step x learning rate)",
+    "theory_peak_amplitude": "predicted amplitude of the diffusion peak (paper eq. 9, "
+    "docs/theory.md §8); NaN where no interior peak exists",
+    "theory_stationary_mean": "mean of the stationary law of the reduced SDE by quadrature "
+    "(docs/theory.md §9); NaN without label noise or where no law exists",
+    "theory_stationary_variance": "variance of the stationary law of the reduced SDE by "
+    "quadrature (docs/theory.md §9); NaN without label noise or where no law exists",
+    "theory_diffusion_formula": "aligned, balanced diffusion D(a) of the reduced SDE on the grid "
+    "a = normalised_amplitude x s (docs/theory.md §6)",
+}
 
 
 def _fit_reference(measured: xr.Dataset | None):

@@ -26,7 +26,7 @@ def summary_rows(summary: dict) -> list[tuple[str, ...]]:
             theory = f"{_fmt(row['t_half_theory_effective'])} / {_fmt(row['t_half_theory_aligned'])}"
             if not row["reachable"]:
                 rows.append((info["label"], str(row["mode"]), _fmt(row["s"]), "unreachable",
-                             "unreachable", "-", "-", "-", "-", "-", ok))
+                             "unreachable", "-", "-", "-", "-", ok))
                 continue
             mark = "*" if row["resolved"] is False else ""
             a_peak = _fmt(row["a_peak_observed"])
@@ -62,8 +62,9 @@ def print_summary(summary: dict, console) -> None:
 
     table = Table(title="Per method and mode (Kaplan-Meier median [95% CI] over runs, censored at "
                         "the horizon; t = step x learning rate)")
-    for header in HEADERS:
-        table.add_column(header, justify="right", no_wrap=True)
+    for header in HEADERS:   # long cells wrap inside their column (never cut with an ellipsis)
+        table.add_column(header, justify="right", no_wrap=header in ("mode", "s", "runs ok"),
+                         overflow="fold")
     for row in summary_rows(summary):
         table.add_row(*row)
     console.print(table)

@@ -171,7 +171,7 @@ def run_to_directory(config_path=None, overrides=None, out=None, *, quiet: bool 
     seconds_from_env(PROGRESS_ENV, PROGRESS_SECONDS)          # a bad value fails before any work
     state = prepare_run_directory(out, toml, overwrite=overwrite)
     work = work_folder(out, toml)
-    out_console = Console(width=None if sys.stdout.isatty() else 120)
+    out_console = Console(width=None if sys.stdout.isatty() else 160)
     if state == "complete":
         print(f"run directory {out} is complete for this config; reusing it "
               "(use --overwrite to recompute)", file=sys.stderr, flush=True)

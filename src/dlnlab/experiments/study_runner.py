@@ -219,7 +219,8 @@ def report_markdown(paper: Paper, out: Path, image_root: str = "") -> str:
     parts = []
     for meta, claims in found:
         name = meta["name"]
-        parts.append(f"## {name}: {meta['title']} ({meta['reference']})\n")
+        size = " — quick size" if meta.get("size") == "quick" else ""
+        parts.append(f"## {name}: {meta['title']} ({meta['reference']}){size}\n")
         parts.append(f"![{name}]({image_root}{name}/{name}.png)\n")
         runs = ", ".join(f"{e['name']} ×{e['runs']} runs" for e in meta["experiments"])
         parts.append(f"`{meta['command']}` — run time: {meta['simulation_seconds']:.0f} s of "
@@ -241,6 +242,11 @@ def write_report(paper: Paper, out: Path) -> None:
     found = collect(paper, out)
     atomic_write_json([c for _, claims in found for c in claims], out / "claims.json")
     source = f"Paper: {paper.citation} (`dlnlab reproduce {paper.name}`).\n\n"
+    quick = sorted(meta["name"] for meta, _ in found if meta.get("size") == "quick")
+    if quick:
+        source += (f"**Quick size** ({', '.join(quick)}): fewer runs, points and steps, so the "
+                   "tests have less power and a verdict can differ from the full run's; run "
+                   "without `--quick` before citing one.\n\n")
     atomic_write_text(f"# Claims: {paper.title}, as measured by dlnlab\n\n{source}"
                       + claims_markdown(found), out / "claims.md")
     atomic_write_text(f"# Reproduction report: {paper.title}\n\n{source}"

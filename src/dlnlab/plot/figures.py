@@ -135,7 +135,7 @@ def amplitude_figure(ds: xr.Dataset):
     if aligned is not None:
         axes[0].plot([], [], "k-.", lw=1.0, label=_curve_label(
             ds, "theory_gf_amplitude_aligned", "gradient flow, aligned, from mean $|a_\\alpha(0)|$"))
-    axes[0].legend(fontsize=7, loc="lower right")
+    axes[0].legend(fontsize=7, loc="best")
     fig.suptitle(f"Mode amplitudes ({ds.sizes['run']} runs: median and 10–90% band; "
                  "theory dashed)")
     fig.tight_layout()

@@ -74,6 +74,45 @@ def _fields(flags: dict[str, tuple[str | None, bool]]) -> dict[str, object]:
     return out
 
 
+OverwriteOption = Annotated[bool, typer.Option(
+    "--overwrite", help="Replace results of a different config in --out (and the stale results "
+                        "derived from them).")]
+
+# What each stage writes, and what later stages derived from it (stale once it changes).
+_STAGES = {
+    "sample": ("config.toml", ("points.nc", "catalogue.nc", "certify.toml", "escape.nc",
+                               "escape.toml", "figures")),
+    "certify": ("certify.toml", ("catalogue.nc", "escape.nc", "escape.toml",
+                                 "figures/escape_times.png", "figures/escape_times.pdf")),
+    "escape": ("escape.toml", ("escape.nc",)),
+}
+
+
+def _prepare_out(out: str, stage: str, toml: str, overwrite: bool) -> None:
+    """Refuse to mix results: ``out`` must be a folder, and if it holds this stage's results of
+    a different config they (and what later stages derived from them) are replaced only with
+    ``--overwrite``. One ``ValueError`` line otherwise."""
+    import shutil
+
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"out={out!r}: is a file, not a folder")
+    marker, derived = _STAGES[stage]
+    previous = folder / marker
+    if not previous.is_file() or previous.read_text(errors="replace") == toml:
+        return
+    if not overwrite:
+        raise ValueError(f"out={out!r}: holds {stage} results of a different config ({marker}); "
+                         "use another --out, or --overwrite to replace them and what was derived "
+                         f"from them ({', '.join(derived)})")
+    for name in derived:
+        path = folder / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
 def _say(message: str) -> None:
     typer.echo(message)
 
@@ -88,6 +127,7 @@ def sample(
     config: ConfigArgument = None,
     overrides: SetOption = None,
     out: str = typer.Option(..., "--out", help="Output folder (writes points.nc, config.toml)."),
+    overwrite: OverwriteOption = False,
     widths: str = _flag("--widths", "task.widths: layer widths d_0,...,d_L (L >= 2)", "INTS"),
     spectrum: str = _flag("--spectrum", "task.spectrum: teacher singular values", "FLOATS"),
     label_noise: str = _flag("--label-noise", "task.label_noise: label-noise std sigma", "FLOAT"),
@@ -124,6 +164,7 @@ def sample(
         "prior.weight_decay": (weight_decay, False), "prior.norm_target": (norm_target, False),
         "prior.norm_strength": (norm_strength, False), "refine.iterations": (refine_iterations, False),
         "refine.rebalance_every": (rebalance_every, False), "seed": (seed, False)}))
+    _prepare_out(out, "sample", config_to_toml(resolved), overwrite)
     ds = sample_from_config(resolved)
     atomic_write_text(config_to_toml(resolved), os.path.join(out, "config.toml"))
     path = atomic_write_dataset(ds, os.path.join(out, "points.nc"))
@@ -136,6 +177,7 @@ def certify(
     overrides: SetOption = None,
     out: str = typer.Option(..., "--out", help="Output folder (writes catalogue.nc, certify.toml, "
                                                "figures/)."),
+    overwrite: OverwriteOption = False,
     points: str = typer.Option(None, "--points", help="Input points file (default OUT/points.nc)."),
     method: str = _flag("--method", "method: auto, dense or lanczos", "TEXT"),
     eigenvalues: str = _flag("--eigenvalues", "num_eigenvalues: smallest eigenvalues kept", "INT"),
@@ -160,6 +202,7 @@ def certify(
     resolved = load_config(CertifyConfig, config, overrides or [], _fields({
         "method": (method, False), "num_eigenvalues": (eigenvalues, False),
         "num_blocks": (blocks, False), "block_size": (block_size, False), "seed": (seed, False)}))
+    _prepare_out(out, "certify", config_to_toml(resolved), overwrite)
     ds = read_catalogue(points or os.path.join(out, "points.nc"))
     cat = certify_from_config(resolved, ds)
     atomic_write_text(config_to_toml(resolved), os.path.join(out, "certify.toml"))
@@ -177,6 +220,7 @@ def escape(
     overrides: SetOption = None,
     out: str = typer.Option(..., "--out", help="Output folder (writes escape.nc, escape.toml, "
                                                "figures/)."),
+    overwrite: OverwriteOption = False,
     catalogue: str = typer.Option(None, "--catalogue", help="Certified catalogue (OUT/catalogue.nc)."),
     methods: str = _flag("--methods", "methods: comma-separated, of gd, sgd, sde", "TEXTS"),
     learning_rate: str = _flag("--learning-rate", "learning_rate: eta", "FLOAT"),
@@ -208,6 +252,7 @@ def escape(
         "perturbation": (perturbation, False), "drop_fraction": (drop, False),
         "direction": (direction, False), "batch_size": (batch_size, False),
         "sde_step": (sde_step, False), "max_points": (max_points, False), "seed": (seed, False)}))
+    _prepare_out(out, "escape", config_to_toml(resolved), overwrite)
     ds = read_catalogue(catalogue or os.path.join(out, "catalogue.nc"), certified=True)
     result = escape_from_config(resolved, ds)
     atomic_write_text(config_to_toml(resolved), os.path.join(out, "escape.toml"))

@@ -44,8 +44,10 @@ def reachable_modes(spectrum, widths) -> np.ndarray:
     ``spectrum`` is the spectrum ``(k,)`` (or its length ``k``, an int); ``widths`` the layer
     widths ``(d_in, d_1, ..., d_out)``. The end-to-end map ``W = W_L ... W_1`` has rank at most
     the bottleneck ``b = min(widths)``, so mode ``k`` (0-based, modes sorted by decreasing
-    ``s``) is reachable iff ``k < b``; an unreachable mode stays at 0 under gradient flow, SGD
-    and the SDEs (its amplitude is not a free coordinate). Raises ``ValueError`` (naming
+    ``s``) is reachable iff ``k < b``; an unreachable mode is never learned: the minimum is the
+    best rank-``b`` approximation of the teacher (Eckart-Young), where its amplitude is 0, and a
+    rank-``b`` map cannot hold it beside the ``b`` larger modes (transiently, while the network
+    is not yet aligned, its amplitude can leave 0). Raises ``ValueError`` (naming
     ``widths`` or ``spectrum``) on invalid input. docs/theory.md §7.
     """
     items = v.widths_tuple("widths", widths)

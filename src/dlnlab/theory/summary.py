@@ -34,7 +34,8 @@ def mode_summary(spectrum, depth: int, learning_rate: float, batch_size: int,
     ``init_amplitude``, §7); ``a_peak`` (diffusion-peak amplitude or None, §8) and
     ``peak_is_global``; ``stationary_exists`` (bool, §9) and the stationary mean, variance and
     mode by quadrature and first order (§9); ``note`` (a sentence, or None). An unreachable mode
-    (width narrower than the teacher's rank) stays at 0: its ``t_half``, ``a_peak``,
+    (width narrower than the teacher's rank) is never learned (its amplitude is 0 at the
+    minimum): its ``t_half``, ``a_peak``,
     ``peak_is_global`` and stationary values are None. Where no stationary law exists (depth 2
     with ``(eta/B)(2 s^2 + sigma^2) >= 2 s``) the quadrature values are None. ``widths`` are the
     layer widths ``(d_in, d_1, ..., d_out)``. Raises ``ValueError`` (one line, naming the field).
@@ -74,7 +75,8 @@ def mode_summary(spectrum, depth: int, learning_rate: float, batch_size: int,
                    "peak_is_global": None, "stationary_exists": None}
             row.update(dict.fromkeys(_STATIONARY_KEYS))
             row["note"] = (f"unreachable: mode {i + 1} is beyond the bottleneck width {bottleneck} "
-                           "(rank of W_L...W_1 <= min(widths)); it stays at 0")
+                           "(rank of W_L...W_1 <= min(widths)); it is never learned (amplitude 0 "
+                           "at the minimum)")
             rows.append(row)
             continue
         j = int(np.count_nonzero(reachable[:i]))
