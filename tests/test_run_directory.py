@@ -312,7 +312,8 @@ def test_bad_interval_in_the_environment_is_one_line(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------ kill -9 and resume
 
-KILL_CONFIG = ["runs=2", 'methods=["gd","sgd"]', "training.horizon=1", "record.points=11"]
+KILL_CONFIG = ["runs=2", 'methods=["gd","sgd"]', "training.horizon=1", "record.points=11",
+               'record.spacing="linear"']
 STEP_LINE = re.compile(r"^(gd|sgd): (\d+)/100 steps", re.M)
 IGNORED_ATTRS = ("timings_seconds",)                     # wall-clock times, different per run
 
