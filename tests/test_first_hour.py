@@ -26,7 +26,8 @@ CONFIG_CASES = [
     # a broken TOML list is a parse error, not "Input should be a valid list"
     (["task.spectrum=[1,"], "task.spectrum='[1,': not a valid TOML value"),
     # pydantic's union-branch name ("float") is not part of the field's name
-    (["isotropic.temperature=hot"], "isotropic.temperature='hot': Input should be a valid number"),
+    (["isotropic.temperature=hot"], "isotropic.temperature='hot': must be a number >= 0 or "
+                                    "'matched'"),
 ]
 
 

@@ -160,6 +160,13 @@ class IsotropicSection(Section):
         "initial weights")
     step_size: float | None = Field(None, gt=0.0, description="EM step h; default learning rate / 10")
 
+    @field_validator("temperature", mode="before")
+    @classmethod
+    def _word(cls, value):
+        if isinstance(value, str) and value != "matched":
+            raise ValueError("must be a number >= 0 or 'matched'")
+        return value
+
     @field_validator("temperature")
     @classmethod
     def _t(cls, value):
