@@ -337,8 +337,8 @@ def _da_dt(law: _Law, t):
     return np.exp(t)
 
 
-def stationary_moments(spectrum, depth: int, learning_rate, batch_size=1, label_noise=0.0,
-                       num_points: int | None = None) -> StationaryMoments:
+def stationary_moments(spectrum, depth: int, learning_rate, batch_size=1,
+                       label_noise=0.0) -> StationaryMoments:
     """Mean, mode and variance of each mode's stationary law by quadrature, with first order.
 
     ``spectrum`` ``(k,)`` (singular values ``s > 0``, units of the amplitude), ``depth`` L,
@@ -348,11 +348,9 @@ def stationary_moments(spectrum, depth: int, learning_rate, batch_size=1, label_
     variance are NaN and ``exists`` is False; nothing is raised. At L = 1 the law is a
     Student-t with ``1 + B/eta`` degrees of freedom: the variance is ``inf`` for ``eta/B >= 1``.
     Without label noise the law is a Dirac mass at ``s``: mean = mode = s, variance = 0.
-    ``num_points`` is accepted for backward compatibility and ignored (the grid is automatic).
     Raises ``ValueError`` (one line, naming the field) on invalid arguments.
     Source: docs/theory.md §9; paper §5, Prop. 5.2, App. F (corrected).
     """
-    del num_points
     s_all = np.atleast_1d(np.asarray(spectrum, dtype=float))
     for s in s_all:
         _validate(s, depth, learning_rate, batch_size, label_noise)
