@@ -493,7 +493,8 @@ def test_observables_at_step_zero_equal_core_functions(regime):
     """Records at step 0 against ``core`` (per run, per-run learning rates and batch sizes):
     amplitudes, cross modes, the exact modewise diffusion and Ito drift, gradient-flow drift,
     training and test loss, balance residual by hand, layer norms, singular values; the reduced
-    closed forms at the amplitudes online (NaN where they do not apply)."""
+    closed forms at the amplitudes online (NaN where they do not apply); the opt-in
+    ``parameters``, layer after layer with column-stacking ``vec``."""
     rng = np.random.default_rng(5)
     if regime == "online":
         task = make_task()
@@ -507,8 +508,10 @@ def test_observables_at_step_zero_equal_core_functions(regime):
                else dy.OfflineSGD(task, batch_size=1, replacement=replacement))
     weights = make_weights(RUNS, seed=1)
     lrs, batches = np.array([0.05, 0.1, 0.02, 0.07]), np.array([1.0, 2.0, 4.0, 3.0])
+    everything = en.Recording([0, 3], observables=tuple(dy.OBSERVABLE_DIMS))    # + opt-in ones
     ds = en.simulate(stepper, weights, dy.Hyperparameters(lrs, batches), ROOT,
-                     [0, 3]).isel(time=0)
+                     everything).isel(time=0)
+    assert ds.parameters.dims == ("run", "parameter")
     for i in range(RUNS):
         w = tuple(x[i] for x in weights)
         lr, b = lrs[i], batches[i]
@@ -527,6 +530,7 @@ def test_observables_at_step_zero_equal_core_functions(regime):
         close("balance_residual", _balance_by_hand(wn))
         close("layer_norm", [np.linalg.norm(x) for x in wn])
         close("singular_value", np.linalg.svd(wn[1] @ wn[0], compute_uv=False))
+        close("parameters", np.concatenate([x.T.ravel() for x in wn]))   # column-stacking vec
         if regime == "online":
             amp, s = np.asarray(d.mode_amplitudes(w, task)), np.asarray(task.spectrum)
             close("reduced_diffusion", th.reduced_diffusion(amp, s, 2, lr, b, 0.5))
@@ -534,6 +538,29 @@ def test_observables_at_step_zero_equal_core_functions(regime):
             close("reduced_gf_drift", th.gradient_flow_drift(amp, s, 2))
         else:
             assert np.all(np.isnan(ds.reduced_diffusion[i]))
+
+
+def test_parameters_are_recorded_only_when_named():
+    """The default recording (every observable) leaves out the opt-in ``parameters``; naming it
+    records ``theta`` per run with dims ``(run, time, parameter)``; the reduced SDE, whose state
+    is not weights, refuses it with one line before any step."""
+    assert "parameters" in dy.OBSERVABLE_DIMS
+    assert "parameters" not in dy.observable_names(None)
+    assert "parameters" not in en.Recording([0, 1]).observables
+    assert set(dy.observable_names(None)) == set(dy.OBSERVABLE_DIMS) - {"parameters"}
+    stepper = dy.OnlineSGD(make_task())
+    weights = make_weights(2)
+    default = en.simulate(stepper, weights, dy.Hyperparameters(LR, 1.0), ROOT, [0, 2])
+    assert "parameters" not in default and "singular_value" in default
+    named = en.simulate(stepper, weights, dy.Hyperparameters(LR, 1.0), ROOT,
+                        en.Recording([0, 2], observables=["loss", "parameters"]))
+    assert named.parameters.dims == ("run", "time", "parameter")
+    assert named.parameters.shape == (2, 2, sum(a * b for a, b in zip(WIDTHS[:-1], WIDTHS[1:], strict=True)))
+    np.testing.assert_array_equal(named.loss, default.loss)
+    with pytest.raises(ValueError, match=r"^observables='parameters': not defined for the reduced"):
+        en.simulate(dy.ReducedSDE(make_task(), depth=2), (jnp.ones((2, 2)),),
+                    dy.Hyperparameters(LR, 1.0), ROOT,
+                    en.Recording([0, 2], observables=["amplitude", "parameters"]))
 
 
 def test_reduced_sde_observables_are_those_of_its_aligned_balanced_network():

@@ -16,7 +16,7 @@ from .. import _validation as v
 from .._types import Array
 from ..core import loss as core_loss
 from ..core import modes as core_modes
-from ..core.products import end_to_end
+from ..core.products import end_to_end, flatten_weights
 from ..core.task import Task
 from ..theory import reduced as reduced_theory
 
@@ -35,16 +35,23 @@ OBSERVABLE_DIMS: dict[str, tuple[str, ...]] = {
     "balance_numerator": ("pair",),
     "layer_norm": ("layer",),
     "singular_value": ("singular",),
+    "parameters": ("parameter",),
 }
+
+#: Observables recorded only when named explicitly (never part of the default "every
+#: observable" set): ``parameters`` (the flattened weights, ``P = sum_l d_l d_(l-1)`` numbers per
+#: record and run) would multiply the size of a default run's results.
+OPT_IN_OBSERVABLES: frozenset[str] = frozenset({"parameters"})
 
 
 def observable_names(observables: bool | Sequence[str] | None) -> tuple[str, ...]:
     """The names to record, in :data:`OBSERVABLE_DIMS` order, ``loss`` always included.
 
-    ``None`` or ``True``: every observable; ``False``: only ``loss``; a sequence: those names
-    (an unknown one raises a one-line ``ValueError`` listing the valid names)."""
+    ``None`` or ``True``: every observable except the opt-in ones (:data:`OPT_IN_OBSERVABLES`:
+    ``parameters``); ``False``: only ``loss``; a sequence: those names (an unknown one raises a
+    one-line ``ValueError`` listing the valid names)."""
     if observables is None or observables is True:
-        return tuple(OBSERVABLE_DIMS)
+        return tuple(k for k in OBSERVABLE_DIMS if k not in OPT_IN_OBSERVABLES)
     if observables is False:
         return ("loss",)
     if isinstance(observables, str):
@@ -110,7 +117,9 @@ def observe_weights(weights, task: Task, learning_rate, batch_size, names=None,
 
     ``diffusion`` and ``ito_drift`` are the exact modewise quantities of docs/theory.md §5 for
     SGD with this learning rate and batch size (the anisotropic SDE's modes follow them exactly);
-    ``reduced_*`` are the §6 closed forms evaluated at the current amplitudes.
+    ``reduced_*`` are the §6 closed forms evaluated at the current amplitudes; ``parameters``
+    is ``theta = (vec W_1, ..., vec W_L)`` (:func:`dlnlab.core.products.flatten_weights`,
+    column-stacking ``vec``, layer-major; recorded only when named).
     """
     names = observable_names(names)
     depth = len(weights)
@@ -149,6 +158,7 @@ def observe_weights(weights, task: Task, learning_rate, batch_size, names=None,
         "balance_numerator": lambda: bal(1),
         "layer_norm": lambda: jnp.stack([jnp.linalg.norm(w) for w in weights]),
         "singular_value": lambda: jnp.linalg.svd(end_to_end(weights), compute_uv=False),
+        "parameters": lambda: flatten_weights(weights),
     }
     return _evaluate(makers, names)
 
@@ -157,8 +167,15 @@ def observe_amplitudes(amplitudes, task: Task, depth: int, learning_rate, batch_
                        names=None, coupled: bool = True) -> dict[str, Array]:
     """Observables of the reduced SDE's state (mode amplitudes ``(r,)``): the aligned, balanced
     network they stand for has cross modes 0, balance residual 0 and layer norms
-    ``sqrt(sum_a |a_a|^(2/L))``; the exact modewise quantities equal the reduced ones there."""
+    ``sqrt(sum_a |a_a|^(2/L))``; the exact modewise quantities equal the reduced ones there.
+
+    ``parameters`` is not defined for this state (many weight tuples, one for each choice of
+    hidden-layer bases, stand for the same amplitudes): asking for it raises a one-line
+    ``ValueError`` before any step runs (``simulate`` evaluates the observer's shapes first)."""
     names = observable_names(names)
+    if "parameters" in names:
+        v.fail("observables", "parameters",
+               "not defined for the reduced SDE (its state is the mode amplitudes, not weights)")
     a = amplitudes
     r = a.shape[0]
     s = task.spectrum.astype(a.dtype)

@@ -267,10 +267,34 @@ def _layout(num_runs: int, run_group: int | None, parallel: bool) -> tuple[int, 
     return run_group, devices, -(-num_runs // unit) * unit
 
 
+#: Runs the observer evaluates at once (``vmap``), in a ``lax.map`` over groups of this size.
+OBSERVE_GROUP = 32
+
+
 def _observe(stepper, state, hparams, names, coupled):
-    """The stepper's observer on every run: arrays with a leading run axis."""
+    """The stepper's observer on every run: arrays with a leading run axis.
+
+    The runs are padded to a multiple of :data:`OBSERVE_GROUP` (copies of the last run) and
+    observed a group at a time: XLA vectorises a ``vmap`` of small matrix products differently
+    for different batch sizes (1 ulp apart), so a fixed group size keeps run ``i``'s records the
+    same bits for any number of runs (a sweep's chunking, ``tests/test_sweep.py``).
+    """
     front = jax.tree_util.tree_map(lambda x: jnp.moveaxis(x, -1, 0), state.weights)
-    return jax.vmap(lambda w, hp: stepper.observe(w, hp, names, coupled))(front, hparams)
+    runs = front[0].shape[0]
+    padded = -(-runs // OBSERVE_GROUP) * OBSERVE_GROUP
+
+    def group(x):
+        if x is None or x.ndim == 0:
+            return x
+        if padded > runs:
+            x = jnp.concatenate([x, jnp.repeat(x[-1:], padded - runs, axis=0)])
+        return x.reshape((padded // OBSERVE_GROUP, OBSERVE_GROUP) + x.shape[1:])
+
+    grouped = jax.tree_util.tree_map(group, (front, hparams))
+    out = jax.lax.map(
+        lambda args: jax.vmap(lambda w, hp: stepper.observe(w, hp, names, coupled))(*args),
+        grouped)
+    return jax.tree_util.tree_map(lambda x: x.reshape((padded,) + x.shape[2:])[:runs], out)
 
 
 _observe_jit = jax.jit(_observe, static_argnames=("names", "coupled"))
@@ -348,6 +372,10 @@ def simulate(stepper: Stepper, weights, hparams, key, recording, *, layout: Layo
         leaf a scalar or ``(num_runs,)``; finite.
       key: root PRNG key; run ``i`` uses ``fold_in(key, run_offset + i)`` (the same stream for
         every method, so paired methods share e.g. SGD samples where their draws coincide).
+        Or one key per run, a key array of shape ``(num_runs,)``: run ``i`` then uses
+        ``key[i]`` as is (``run_offset`` only numbers the runs), so ``key=run_keys(root, n)``
+        gives exactly the result of ``key=root``; a sweep derives each run's key from its point
+        (docs/sweeps.md).
       recording: a :class:`~dlnlab.engine.Recording` (steps, observables), or just the sorted
         steps to record (:func:`~dlnlab.engine.record_steps`; every observable).
       layout: :class:`~dlnlab.engine.Layout` (block, run group, host devices, chunk); results
@@ -381,8 +409,9 @@ def simulate(stepper: Stepper, weights, hparams, key, recording, *, layout: Layo
     if not isinstance(stepper, Stepper):
         v.fail("stepper", type(stepper).__name__, "must be a dlnlab.dynamics.Stepper")
     if not (isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-            and key.shape == ()):
-        v.fail("key", key, "must be one JAX PRNG key (jax.random.key(seed))")
+            and key.ndim <= 1):
+        v.fail("key", key, "must be one JAX PRNG key (jax.random.key(seed)) or one per run "
+               "(a key array of shape (num_runs,))")
     if isinstance(run_offset, bool) or not isinstance(run_offset, int | np.integer) \
             or run_offset < 0:
         v.fail("run_offset", run_offset, "must be an integer >= 0")
@@ -396,7 +425,10 @@ def simulate(stepper: Stepper, weights, hparams, key, recording, *, layout: Layo
     run_group, num_devices, padded = _layout(num_runs, layout.run_group, layout.parallel)
     stepper = _with_dtype(stepper, dtype)
     hp = _broadcast_hparams(stepper, hparams, num_runs, dtype)
-    keys = run_keys(key, num_runs, run_offset)
+    if key.ndim == 1 and key.shape != (num_runs,):
+        v.fail("key.shape", key.shape, f"one key per run must have shape ({num_runs},) "
+               "(num_runs)")
+    keys = key if key.ndim == 1 else run_keys(key, num_runs, run_offset)
     words = key_words(keys)                                           # (2, R)
     state = initial_state(stepper, weights)
     phases = _phases(stepper, hp, schedule, num_runs, dtype, state)
