@@ -183,7 +183,8 @@ class TaskConfig(_Model):
 
 
 class InitConfig(_Model):
-    """Initial weights of every run (run i from ``fold_in(key(seed), 1)`` and i)."""
+    """Initial weights of every run (run i from ``fold_in(key(seed), 1)`` and i; with ``shared``
+    every run takes run 0's)."""
 
     kind: Literal["gaussian", "balanced", "aligned"] = Field(
         "gaussian", description="gaussian: i.i.d. entries; balanced: W_l^T W_l = W_(l-1) "
@@ -194,6 +195,9 @@ class InitConfig(_Model):
     amplitude: float = Field(0.002, gt=0.0, le=MAX_SINGULAR_VALUE,
                              description="aligned: every mode's initial amplitude a0 (aligned, "
                                          "balanced, Haar-random hidden bases per run)")
+    shared: bool = Field(False, description="every run starts from run 0's initial weights "
+                                            "(only the sampling randomness differs across runs; "
+                                            "the Golden-Path arms)")
 
 
 class SwitchConfig(_Model):
@@ -312,6 +316,12 @@ class _ExperimentBase(_Model):
                 raise FieldError("methods", self.methods,
                                  f"{name!r} models online SGD; remove it for a data set "
                                  "(task.num_samples > 0)")
+        if "parameters" in (self.record.variables or []):
+            for name in self.methods:
+                if get_method(name).state != "weights":
+                    raise FieldError("record.variables", self.record.variables,
+                                     f"'parameters' (the weights) is not defined for {name!r}, "
+                                     "whose state is the mode amplitudes; remove one of them")
         if not self.task.num_samples and not self.training.replacement:
             raise FieldError("training.replacement", False,
                              "sampling without replacement needs a data set (task.num_samples > "
@@ -376,11 +386,15 @@ def resource_estimate(config) -> dict[str, float]:
     - ``data``: a fixed data set, ``num_samples x (d_in + d_out)``;
     - ``state``: the runs' weights ``runs x P`` (``P = sum_l d_l d_(l-1)``), times 4 for the
       gradient, update and method state (momentum, RK4 stages);
-    - ``noise``: a block of 64 steps' normals per run (``max(P, B (d_in + d_out))`` per step);
+    - ``noise``: a block of 64 steps' normals per run, for the method that draws the most per
+      step (the methods run one after the other): ``B (d_in + d_out)`` for a minibatch method
+      (SGD, momentum SGD), the number of modes for the reduced SDE, ``P`` for the others (the
+      SDEs; GD and gradient flow draw nothing, counted as ``P`` all the same);
     - ``records``: every method's records, ``methods x runs x points x`` the floats per record
       (the recorded observables' sizes).
     """
-    from ..dynamics.observers import OBSERVABLE_DIMS
+    from ..dynamics.observers import OBSERVABLE_DIMS, observable_names
+    from ..dynamics.registry import get_method
 
     task = config.task
     word = 4.0 if config.dtype == "float32" else 8.0
@@ -391,16 +405,23 @@ def resource_estimate(config) -> dict[str, float]:
     batch = float(max([config.training.batch_size]
                       + [s.batch_size for s in config.training.schedule]))
     sizes = {"mode": min(d_in, d_out), "mode2": min(d_in, d_out), "pair": len(widths) - 2.0,
-             "layer": len(widths) - 1.0, "singular": min(d_in, d_out)}
-    names = config.record.variables or list(OBSERVABLE_DIMS)
+             "layer": len(widths) - 1.0, "singular": min(d_in, d_out), "parameter": params}
+    names = config.record.variables or list(observable_names(None))
     per_record = sum(math.prod(sizes[d] for d in OBSERVABLE_DIMS[n]) for n in {"loss", *names})
+    def per_step_noise(method: str) -> float:
+        record = get_method(method)
+        if record.minibatch:
+            return batch * (d_in + d_out)
+        return min(d_in, d_out) if record.state == "amplitudes" else params
+
+    noise = max(per_step_noise(m) for m in config.methods)
     steps = config.training.horizon / config.training.learning_rate
     points = min(float(config.record.points), steps + 1.0)
     return {
         "task": 8.0 * (d_in * d_in + d_out * d_out + d_in * d_out),
         "data": word * float(task.num_samples) * (d_in + d_out),
         "state": 4.0 * word * runs * params,
-        "noise": 64.0 * word * runs * max(params, batch * (d_in + d_out)),
+        "noise": 64.0 * word * runs * noise,
         "records": word * len(config.methods) * runs * points * per_record,
     }
 

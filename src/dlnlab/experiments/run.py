@@ -61,9 +61,13 @@ def initial_weights(config: ExperimentConfig, num_runs: int | None = None, task:
 
     ``aligned``: every mode (teacher modes and the zero modes beyond its rank) at amplitude
     ``init.amplitude``, balanced, with Haar-random hidden bases per run (docs/theory.md §6's manifold).
+    ``init.shared``: every run starts from run 0's weights (the same key for every run), so runs
+    differ only in their sampling randomness (the noise key of run i does not depend on it).
     """
     num_runs = config.runs if num_runs is None else num_runs
     keys = run_keys(jax.random.fold_in(jax.random.key(config.seed), _INIT), num_runs)
+    if config.init.shared:
+        keys = jnp.broadcast_to(keys[:1], keys.shape)
     dtype = jnp.dtype(config.dtype)
     if config.init.kind == "aligned":
         task = build_task(config) if task is None else task

@@ -3,14 +3,16 @@
 A protocol is a :class:`~dlnlab.experiments.study.Study` like any figure of a paper (experiments,
 analyse, numbers, claims, figure) and runs through the same runner
 (:mod:`dlnlab.experiments.study_runner`). Each protocol lives in its own module here and is
-listed in :data:`PROTOCOLS` under its name. None is defined yet.
+listed in :data:`PROTOCOLS` under its name: ``golden-path``
+(:mod:`.golden_path`, its default config; ``dlnlab golden-path`` runs any config of it).
 """
 
 from __future__ import annotations
 
 from ..study import Study
+from .golden_path import golden_path_study
 
-PROTOCOLS: dict[str, Study] = {}
-"""Every protocol by name (empty until the first one is written)."""
+PROTOCOLS: dict[str, Study] = {"golden-path": golden_path_study()}
+"""Every protocol by name."""
 
 __all__ = ["PROTOCOLS"]
