@@ -25,8 +25,9 @@ from dlnlab.experiments import (
 from dlnlab.io import atomic_write_dataset, load_results, write_run
 from dlnlab.theory import diffusion_peak
 
+# run configs only (saddles, sweep and golden-path examples have their own models and tests)
 EXAMPLES = sorted(p for p in (Path(__file__).parent.parent / "examples").glob("*.toml")
-                  if not p.name.startswith("saddles_"))   # run configs (saddles: own tests)
+                  if not p.name.startswith(("saddles_", "sweep_", "golden_path_")))
 TINY = ["runs=3", 'record.spacing="linear"', "training.horizon=2", "record.points=11", "sde.step_size=0.005",
         "isotropic.step_size=0.005", "reduced.step_size=0.005"]
 

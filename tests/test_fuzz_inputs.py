@@ -22,7 +22,8 @@ from dlnlab.cli import main
 from dlnlab.experiments.config import set_field
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-RUN_EXAMPLES = sorted(p for p in EXAMPLES.glob("*.toml") if not p.name.startswith("saddles"))
+RUN_EXAMPLES = sorted(p for p in EXAMPLES.glob("*.toml")
+                      if not p.name.startswith(("saddles", "sweep_", "golden_path_")))
 INF, NAN = float("inf"), float("nan")
 
 # (dotted key, wrong value, what the error line must start with after "error: ")

@@ -9,6 +9,7 @@ Rules (every module under ``src/dlnlab``; imports anywhere in a module count, lo
 - ``engine`` nothing from ``experiments``, ``papers``, ``plot``;
 - ``plot`` nothing from ``theory``, ``experiments``, ``papers``;
 - ``analysis`` nothing from ``experiments``, ``papers``;
+- ``sweep`` nothing from ``papers`` (papers may run their grids through it);
 - no private name (``_name``, a private module or a private attribute) is imported from another
   package; the shared root modules ``dlnlab._validation`` and ``dlnlab._types`` are the only
   private modules every package may use;
@@ -33,6 +34,7 @@ FORBIDDEN = {
     "engine": {"experiments", "papers", "plot"},
     "plot": {"theory", "experiments", "papers"},
     "analysis": {"experiments", "papers"},
+    "sweep": {"papers"},
 }
 SHARED_PRIVATE = {"dlnlab._validation", "dlnlab._types"}
 

@@ -172,6 +172,43 @@ def reproduce(
     run_reproduce(paper, studies, quick=quick, out=out, fresh=fresh, quiet=quiet)
 
 
+@app.command("golden-path")
+def golden_path(
+    config: Annotated[Path | None, typer.Argument(
+        help="TOML config (examples/golden_path_*.toml); default: the paper's task.")] = None,
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", help="key=value override, e.g. seeds=16 (repeatable).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Output folder (default: golden-path/<name>).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars or tables.")] = False,
+) -> None:
+    """Golden Path: does SGD select the same model as GD? Arms from one init, report, figures."""
+    from .experiments.protocols.golden_path import run_golden_path
+
+    run_golden_path(config, overrides or [], out, quiet=quiet)
+
+
+@app.command()
+def sweep(
+    sweep_file: Annotated[Path, typer.Argument(help="Sweep file (TOML; see examples/sweep_*.toml).")],
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Sweep folder (default: sweeps/<name>).")] = None,
+    local_cluster: Annotated[int | None, typer.Option(
+        "--local-cluster", metavar="N", help="Run the chunks on a Dask LocalCluster of N "
+                                            "processes.")] = None,
+    scheduler: Annotated[str | None, typer.Option(
+        "--scheduler", metavar="ADDRESS", help="Run the chunks on a running Dask scheduler.")] = None,
+    only_failed: Annotated[bool, typer.Option(
+        "--only-failed", help="Rerun exactly the chunks recorded as failed.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress or table.")] = False,
+) -> None:
+    """Sweep a grid of hyperparameters: value axes vectorised in one compiled call, resumable."""
+    from .sweep import run_sweep_file
+
+    run_sweep_file(sweep_file, out=out, local_cluster=local_cluster, scheduler=scheduler,
+                   only_failed=only_failed, quiet=quiet)
+
+
 @app.command()
 def bench(
     quick: bool = typer.Option(False, "--quick", help="Fewer runs and steps (about a minute)."),
