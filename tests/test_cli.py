@@ -296,3 +296,24 @@ def test_theory_names_unreachable_modes_and_missing_stationary_laws(capsys):
     assert "unreachable" in out and "no law" in out
     code, _, err = run_cli(capsys, "--widths", "3,0,3,3,3")
     assert code == 2 and err.startswith("error: widths=")
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "--no-such-option"],
+    ["sweep"],                                            # the sweep file is required
+    ["sweep", "examples/sweep_quick.toml", "--local-cluster", "abc"],
+    ["golden-path", "--no-such-option"],
+    ["reproduce", "fig3", "--no-such-option"],
+    ["theory", "--depth", "four"],
+    ["no-such-command"],
+])
+def test_usage_errors_are_one_line_with_exit_code_2(capsys, argv):
+    """typer's usage errors (its vendored click) and click's own, when click is installed beside it
+    (dask brings one), print one ``error:`` line, never a traceback."""
+    capsys.readouterr()
+    code = main(argv)
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, (argv, code, err)
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err + out

@@ -13,19 +13,32 @@ from typing import Annotated
 
 import typer
 
-# Typer >= 0.25 vendors click (typer.exceptions); older releases raise click's own exceptions.
-try:
-    import click
 
-    _USAGE_ERRORS: tuple[type[BaseException], ...] = (click.ClickException,)
-    _EXITS: tuple[type[BaseException], ...] = (typer.Exit, click.exceptions.Exit)
-    _ABORTS: tuple[type[BaseException], ...] = (typer.Abort, click.exceptions.Abort)
-except ImportError:
-    from typer.exceptions import TyperException
+# Typer >= 0.25 vendors click (its usage errors are typer.exceptions.TyperException); older
+# releases raise click's own exceptions. Both are caught: a separately installed click (dask
+# brings one) must not turn typer's usage errors into tracebacks.
+def _cli_exceptions() -> tuple[tuple[type[BaseException], ...], ...]:
+    usage: list[type[BaseException]] = []
+    exits: list[type[BaseException]] = [typer.Exit]
+    aborts: list[type[BaseException]] = [typer.Abort]
+    try:
+        from typer.exceptions import TyperException
 
-    _USAGE_ERRORS = (TyperException,)
-    _EXITS = (typer.Exit,)
-    _ABORTS = (typer.Abort,)
+        usage.append(TyperException)
+    except ImportError:
+        pass
+    try:
+        import click
+
+        usage.append(click.ClickException)
+        exits.append(click.exceptions.Exit)
+        aborts.append(click.exceptions.Abort)
+    except ImportError:
+        pass
+    return tuple(usage), tuple(exits), tuple(aborts)
+
+
+_USAGE_ERRORS, _EXITS, _ABORTS = _cli_exceptions()
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="dlnlab: GD, SGD and SDE models of SGD on deep linear networks.")
