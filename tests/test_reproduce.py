@@ -2,7 +2,8 @@
 quick form, and every number of the claims table is recomputed here from the saved figure
 datasets by independent code (loops and ``numpy.polyfit``, not ``dlnlab.analysis``), so the
 table cannot be typed in. The generic runner is also run on a tiny paper made here, and the
-study modules are checked for the contract (five parts, no study importing another).
+study modules are checked for the contract (five parts, fig9 and fig10 with the optional
+``data`` part that runs them as one sweep, no study importing another).
 
 The quick run of all studies happens once per session, in a subprocess through the command
 line (as a user runs it, with the CLI's XLA flags): about 5 minutes on 2 cores.
@@ -26,6 +27,7 @@ import xarray as xr
 from dlnlab.papers import DEFAULT_PAPER, PAPERS, get_paper, split_arguments
 from dlnlab.papers.sgd_dln import PAPER, STUDY_MODULES
 from dlnlab.papers.sgd_dln.config import ORDER_FRACTION, PEAK_FRACTION
+from dlnlab.sweep import open_sweep
 
 ALL = PAPER.names
 PARTS = ("experiments", "analyse", "numbers", "claims", "figure")
@@ -68,6 +70,14 @@ def test_study_writes_figure_dataset_numbers_and_claims(quick_out, name):
     assert meta["simulation_seconds"] > 0 and meta["experiments"]
     for experiment in meta["experiments"]:
         assert (quick_out / experiment["file"]).is_file()
+    # fig9 and fig10 run their experiments as one sweep (tests/test_scaling_sweep.py)
+    if name in ("fig9", "fig10"):
+        together = meta["computed_together"]
+        assert together["engine"] == "dlnlab.sweep"
+        assert (quick_out / together["folder"] / "manifest.json").is_file()
+        assert [e["point"] for e in meta["experiments"]] == list(range(len(meta["experiments"])))
+    else:
+        assert "computed_together" not in meta
     claims = json.loads((folder / "claims.json").read_text())
     assert claims, f"{name} tests no claim"
     for c in claims:
@@ -108,6 +118,7 @@ def test_rerun_reuses_the_cached_experiments(quick_out):
     assert result.returncode == 0, result.stderr[-2000:]
     meta = json.loads((quick_out / "fig9" / "study.json").read_text())
     assert all(e["cached"] for e in meta["experiments"])
+    assert meta["computed_together"]["cached"]            # the sweep resumed: no chunk ran
 
 
 def test_paper_name_is_optional_for_the_default_paper(quick_out, tmp_path):
@@ -205,10 +216,12 @@ def test_scaling_fits_recomputed(quick_out, name, coord):
         assert fit["r2"] == pytest.approx(r2, rel=1e-9)
         assert fit["slope_se"] == pytest.approx(math.sqrt(scale * cov[0, 0]), rel=1e-6)
         assert fit["intercept_se"] == pytest.approx(math.sqrt(scale * cov[1, 1]), rel=1e-6)
-        # and the plotted values are the run maxima of the raw experiment
+        # and the plotted values are the run maxima of the raw experiment: point 0 of the
+        # study's sweep (NaN past a point's last record)
     meta = json.loads((quick_out / name / "study.json").read_text())
-    raw = xr.load_dataset(quick_out / meta["experiments"][0]["file"], engine="h5netcdf")
-    first = raw.diffusion.isel(method_name=0, mode=0).values.max(axis=1)
+    raw = open_sweep(quick_out / meta["computed_together"]["folder"], lazy=False)
+    first = np.nanmax(raw.diffusion.isel(point=meta["experiments"][0]["point"], method_name=0,
+                                         mode=0).transpose("run", "record").values, axis=1)
     key = float(meta["experiments"][0]["key"])
     index = int(np.argmin(np.abs(ds[coord].values.astype(float) - key)))
     np.testing.assert_allclose(ds.max_diffusion.isel({coord: index, "mode": 0}).values, first)
@@ -371,6 +384,10 @@ def test_every_study_module_defines_the_five_parts():
         for part in PARTS:
             assert callable(getattr(module, part)), f"{study.name}.{part}"
             assert getattr(study, part) is getattr(module, part), f"{study.name}.{part}"
+        # the optional sixth part: fig9 and fig10 compute their experiments as one sweep
+        assert (study.data is not None) == (study.name in ("fig9", "fig10")), study.name
+        if study.data is not None:
+            assert study.data is module.data
         for quick in (True, False):
             configs = study.experiments(quick)
             assert configs and all(isinstance(c, ExperimentConfig) for c in configs.values())

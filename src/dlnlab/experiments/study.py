@@ -10,7 +10,15 @@ A :class:`Study` is data plus five pure functions:
 - ``numbers(Dataset) -> [row]`` and ``claims(Dataset) -> [claim row]``: computed from that
   dataset only (``dlnlab.analysis.claim_row`` gives the claim shape), so the saved file is enough
   to recompute them;
-- ``figure(Dataset) -> matplotlib.figure.Figure``: drawn from the dataset alone.
+- ``figure(Dataset) -> matplotlib.figure.Figure``: drawn from the dataset alone;
+- optionally ``data(configs, data_dir, *, fresh, progress) -> ({key: Dataset}, record)``: how
+  the experiments are computed together instead of one by one (e.g. as one sweep of
+  ``dlnlab.sweep``, which this layer cannot import). It returns one dataset per key in
+  :func:`~dlnlab.experiments.run.run_experiment`'s layout (what ``analyse`` reads) and a
+  JSON-safe ``record`` for ``study.json``: ``folder`` (relative to ``data_dir``), ``cached``
+  (nothing was computed), ``simulation_seconds`` and ``points`` (key -> what the study reads
+  for that key, e.g. a point index) plus anything else worth recording. ``fresh``: recompute;
+  ``progress``: report progress on stderr.
 
 A :class:`Paper` is a named, ordered collection of studies with a base config and a citation
 (``dlnlab.papers``); protocols that are not a paper's figures use the same :class:`Study`
@@ -37,7 +45,8 @@ class Study:
     """One figure or protocol: experiments, analysis, numbers, claims, figure (module docstring).
 
     ``name`` names its output folder (``OUT/NAME/``); ``reference`` says where the source states
-    what it tests (``"Fig. 3, §4"``)."""
+    what it tests (``"Fig. 3, §4"``); ``data``, when given, computes the experiments together
+    (module docstring); None: each is run and cached on its own."""
 
     name: str
     title: str
@@ -47,6 +56,8 @@ class Study:
     numbers: Callable[[xr.Dataset], list[dict]] = field(repr=False)
     claims: Callable[[xr.Dataset], list[dict]] = field(repr=False)
     figure: Callable[[xr.Dataset], Figure] = field(repr=False)
+    data: Callable[..., tuple[Mapping[str, xr.Dataset], dict]] | None = field(default=None,
+                                                                                repr=False)
 
     def __post_init__(self):
         if not self.name or "/" in self.name or self.name in RESERVED_NAMES:
@@ -56,6 +67,8 @@ class Study:
             if not callable(getattr(self, part)):
                 raise ValueError(f"{part}={getattr(self, part)!r}: study {self.name!r} needs a "
                                  "callable")
+        if self.data is not None and not callable(self.data):
+            raise ValueError(f"data={self.data!r}: study {self.name!r} needs a callable or None")
 
 
 @dataclass(frozen=True)

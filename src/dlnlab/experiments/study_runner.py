@@ -10,7 +10,11 @@ study folder present, so running studies one at a time gives the same report as 
 Experiments are cached in ``OUT/data/`` as ``NAME-<fingerprint>.nc`` (with the resolved
 ``.toml``), the fingerprint being a hash of the resolved config TOML and the dlnlab version:
 studies that share an experiment run it once, a rerun only redraws, and an interrupted run
-resumes from the engine's per-method checkpoints.
+resumes from the engine's per-method checkpoints. A study with a ``data`` part computes its
+experiments together instead (the first paper's fig9 and fig10: one sweep of
+:mod:`dlnlab.sweep` in ``OUT/data/<study>-sweep-<hash>/``, resumed chunk by chunk); its
+``study.json`` records that folder under ``computed_together`` and, per experiment, the manifest
+as ``file`` and its ``point``. ``fresh`` recomputes each experiment (or sweep) once per call.
 
 Progress goes to stderr (:func:`dlnlab.experiments.runner.progress_reporter`): rich bars on a
 terminal, plain lines at most every 10 s elsewhere (CI, ``nohup``, pipes), nothing with
@@ -143,9 +147,25 @@ def run_studies(paper: Paper, names="all", *, quick: bool = False, out, fresh: b
         study = paper.study(name)
         t0 = time.perf_counter()
         configs = study.experiments(quick)
-        datasets, experiments = {}, []
+        datasets, experiments, together = {}, [], None
+        if study.data is not None:
+            digests = [fingerprint(config) for config in configs.values()]
+            again = fresh and not set(digests) <= recomputed
+            datasets, together = study.data(configs, data_dir, fresh=again, progress=not quiet)
+            recomputed.update(digests)
+            missing = sorted(set(configs) - set(datasets))
+            if missing:
+                raise ValueError(f"data={missing}: study {name!r} computed no dataset for these "
+                                 "experiments")
+            folder_name = together["folder"]
+            for (key, config), digest in zip(configs.items(), digests, strict=True):
+                experiments.append({"key": key, "name": config.name, "fingerprint": digest,
+                                    "file": f"data/{folder_name}/manifest.json",
+                                    "cached": bool(together["cached"]), "runs": config.runs,
+                                    "methods": list(config.methods),
+                                    "point": together.get("points", {}).get(key)})
         with progress_reporter(quiet, transient=True) as reporter:
-            for key, config in configs.items():
+            for key, config in ({} if study.data is not None else configs).items():
                 digest = fingerprint(config)
                 again = fresh and digest not in recomputed
                 ds, cached = cached_experiment(
@@ -177,8 +197,11 @@ def run_studies(paper: Paper, names="all", *, quick: bool = False, out, fresh: b
                 "paper": paper.name,
                 "command": f"{command} {paper.name} {name}{' --quick' if quick else ''}",
                 "size": "quick" if quick else "full", "wall_seconds": seconds,
-                "simulation_seconds": sum(e["simulation_seconds"] for e in experiments),
+                "simulation_seconds": (float(together["simulation_seconds"]) if together
+                                       else sum(e["simulation_seconds"] for e in experiments)),
                 "experiments": experiments}
+        if together is not None:
+            meta["computed_together"] = {**together, "folder": f"data/{together['folder']}"}
         atomic_write_json(meta, folder / META_FILE)
         results[name] = {"seconds": seconds, "claims": claims, "folder": str(folder)}
         console.print(f"{name}: {seconds:.1f} s -> {folder / (name + '.png')}  "
@@ -227,6 +250,12 @@ def report_markdown(paper: Paper, out: Path, image_root: str = "") -> str:
                      "simulation (an experiment shared between studies counts for each; a rerun "
                      f"reuses it and only redraws). Experiments: {runs}. "
                      f"Numbers: `{name}/numbers.md`; dataset: `{name}/{name}.nc`.\n")
+        together = meta.get("computed_together")
+        if together:
+            chunks = together.get("chunks")
+            parts.append(f"Computed together as one sweep, `{together['folder']}/`"
+                         + (f" ({chunks} chunk{'s' if chunks != 1 else ''})" if chunks else "")
+                         + (f": {together['keys']}" if together.get("keys") else "") + ".\n")
         for c in claims:
             parts.append(f"- **{c['verdict']}** — {c['claim']} {c['measured']}.\n")
         parts.append("")

@@ -1,5 +1,6 @@
 """fig10: the maximal modewise diffusion against 1 / batch size (App. J.2): linear, and
-proportional as eq. 7 says (the analysis is shared with fig9)."""
+proportional as eq. 7 says (the analysis is shared with fig9). Its five batch sizes run as one
+sweep of :mod:`dlnlab.sweep` (one group and compiled program per size; ``data``)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ def analyse(data):
 numbers = scaling.numbers
 
 
+def data(configs, data_dir, *, fresh=False, progress=False):
+    """The experiments as one sweep (:func:`scaling.sweep_data`)."""
+    return scaling.sweep_data(configs, data_dir, fresh=fresh, progress=progress, name="fig10")
+
+
 def claims(ds):
     return scaling.claims(ds, "fig10", "1 / batch size", "App. J.2, Fig. 10")
 
@@ -31,4 +37,4 @@ def figure(ds):
 
 
 STUDY = Study("fig10", "Maximal modewise diffusion against 1 / batch size", "Fig. 10, App. J.2",
-              experiments, analyse, numbers, claims, figure)
+              experiments, analyse, numbers, claims, figure, data)

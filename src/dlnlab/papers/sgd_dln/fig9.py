@@ -1,5 +1,6 @@
 """fig9: the maximal modewise diffusion against the learning rate (App. J.1): linear, and
-proportional as eq. 7 says (the analysis is shared with fig10)."""
+proportional as eq. 7 says (the analysis is shared with fig10). Its five learning rates run as
+one sweep of :mod:`dlnlab.sweep` (one compiled program, one chunk; ``data``)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,11 @@ def analyse(data):
 numbers = scaling.numbers
 
 
+def data(configs, data_dir, *, fresh=False, progress=False):
+    """The experiments as one sweep (:func:`scaling.sweep_data`)."""
+    return scaling.sweep_data(configs, data_dir, fresh=fresh, progress=progress, name="fig9")
+
+
 def claims(ds):
     return scaling.claims(ds, "fig9", "the learning rate", "App. J.1, Fig. 9")
 
@@ -32,4 +38,4 @@ def figure(ds):
 
 
 STUDY = Study("fig9", "Maximal modewise diffusion against the learning rate", "Fig. 9, App. J.1",
-              experiments, analyse, numbers, claims, figure)
+              experiments, analyse, numbers, claims, figure, data)

@@ -1,12 +1,23 @@
 """The scaling analysis shared by fig9 (learning rate) and fig10 (1 / batch size): the maximal
 modewise diffusion of each run against the swept parameter, the formula's maximum beside it,
-per-mode least-squares fits, their claims and the figure."""
+per-mode least-squares fits, their claims and the figure.
+
+The experiments of both studies run as ONE sweep of :mod:`dlnlab.sweep` (:func:`sweep_data`, the
+studies' ``data`` part): fig9's learning rates share one compiled program and one chunk, fig10's
+batch sizes are one group each; the sweep is cut back into one dataset per point in
+:func:`~dlnlab.experiments.run.run_experiment`'s layout, so the analysis is the same either way.
+"""
 
 from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
+from ... import __version__
 from ...analysis.claims import claim_row
 from ...analysis.stats import linear_fit, mean_and_se
 from ...analysis.summaries import teacher_rank, training_parameters
@@ -16,6 +27,86 @@ from .overlays import theory_max_diffusion
 
 SWEPT = {"learning_rate": "learning rate", "batch_size": "1 / batch size"}
 """The swept coordinate of a scaling dataset and the x of its fits (1 / B for the batch size)."""
+
+
+SWEEP_KEYS_NOTE = ("run keys derived from each point's config as docs/sweeps.md 'Keys' says, "
+                   "not from seed as dlnlab run does: the same laws, other draws")
+
+
+def sweep_folder(name: str, sweep) -> str:
+    """``NAME-sweep-<hash>``: the sweep's folder name; the hash (12 hex digits of sha256) covers
+    the resolved sweep TOML and the dlnlab version, as an experiment's cache fingerprint does."""
+    from ...sweep import sweep_to_toml
+
+    digest = hashlib.sha256((sweep_to_toml(sweep) + __version__).encode()).hexdigest()[:12]
+    return f"{name}-sweep-{digest}"
+
+
+def point_dataset(combined: xr.Dataset, index: int | None, config) -> xr.Dataset:
+    """Point ``index`` of an opened sweep (None: a sweep without dimensions) in
+    :func:`~dlnlab.experiments.run.run_experiment`'s layout: dims ``(method_name, run, time,
+    ...)`` with the point's own record times ``t = step x learning rate`` as the ``time``
+    coordinate (the sweep's NaN padding past its last record dropped), the teacher's ``spectrum
+    (mode)`` (rounded to the config's dtype, as the task holds it), the sweep's per-run
+    ``status``, ``diverged_step``, ``final_loss``, ... kept, and the attributes the analyses
+    read (``learning_rate``, ``batch_size``, ``label_noise``, ``depth``), ``config_toml``,
+    ``seed`` and ``keys`` (how the runs' keys were derived)."""
+    from ...experiments.config import config_to_toml
+
+    ds = combined if index is None else combined.isel(point=index)
+    times = np.asarray(ds["time"].values, dtype=np.float64)
+    kept = np.flatnonzero(np.isfinite(times))
+    ds = ds.isel(record=kept).set_coords("time").swap_dims(record="time")
+    ds = ds.drop_vars([v for v in ("point",) if v in ds.coords]
+                      + [c for c in ds.coords if c not in ds.dims and ds[c].ndim == 0])
+    # the teacher's singular values in the config's dtype, as run_experiment's task holds them
+    ds["spectrum"] = ds["spectrum"].astype(np.dtype(config.dtype)).astype(np.float64)
+    ds.attrs = {"learning_rate": config.training.learning_rate,
+                "batch_size": config.training.batch_size, "label_noise": config.task.label_noise,
+                "depth": config.task.depth, "seed": config.seed,
+                "config_toml": config_to_toml(config), "keys": SWEEP_KEYS_NOTE,
+                "time_units": "t = step * learning rate (step * h for the SDEs)"}
+    return ds
+
+
+def sweep_data(configs, data_dir, *, fresh: bool = False, progress: bool = False,
+               name: str = "scaling") -> tuple[dict, dict]:
+    """The study's experiments ``{key: ExperimentConfig}`` computed as one sweep
+    (:func:`dlnlab.sweep.from_configs.sweep_from_configs`: a ``[[zip]]`` over the fields that
+    differ) in ``DATA_DIR/NAME-sweep-<hash>/`` (:func:`sweep_folder`); a rerun resumes chunk by
+    chunk and recomputes nothing when every chunk verifies; ``fresh`` deletes the folder first;
+    ``progress`` prints the sweep's progress on stderr. Returns ``({key: point_dataset},
+    record)``: the record (for ``study.json``) gives ``folder`` (relative to ``data_dir``),
+    ``cached`` (every chunk was already complete), ``simulation_seconds`` (the chunks' seconds),
+    ``chunks``, ``points`` (key -> point index), ``keys``. Raises ``ValueError`` (one line) when a
+    chunk failed (the manifest says which; rerun to retry it)."""
+    from ...sweep import open_sweep, read_manifest, run_sweep
+    from ...sweep.from_configs import sweep_from_configs
+
+    keys = list(configs)
+    sweep = sweep_from_configs([configs[k] for k in keys], name)
+    folder = sweep_folder(name, sweep)
+    out = Path(data_dir) / folder
+    if fresh:
+        shutil.rmtree(out, ignore_errors=True)
+    before = read_manifest(out)
+    run_sweep(sweep, out, progress=progress)
+    manifest = read_manifest(out)
+    failed = [c for c in manifest["chunks"] if c["status"] != "complete"]
+    if failed:
+        raise ValueError(f"sweep={str(out)!r}: {len(failed)} of {len(manifest['chunks'])} chunks "
+                         f"failed ({failed[0]['message'] or failed[0]['status']}); rerun to retry")
+    done_before = {c["id"] for c in (before or {}).get("chunks", []) if c["status"] == "complete"}
+    cached = all(c["id"] in done_before for c in manifest["chunks"])
+    combined = open_sweep(out, lazy=False)
+    indexed = "point" in combined.dims
+    datasets = {key: point_dataset(combined, i if indexed else None, configs[key])
+                for i, key in enumerate(keys)}
+    record = {"folder": folder, "cached": cached, "engine": "dlnlab.sweep",
+              "simulation_seconds": float(sum(c["seconds"] or 0.0 for c in manifest["chunks"])),
+              "chunks": len(manifest["chunks"]), "points": {key: i for i, key in enumerate(keys)},
+              "keys": SWEEP_KEYS_NOTE}
+    return datasets, record
 
 
 def analyse(data, coord: str) -> xr.Dataset:
