@@ -5,6 +5,7 @@ single-point simulations. Tiny configs (d = 3, depth 2) keep every sweep to seco
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import jax
@@ -403,7 +404,8 @@ def test_progress_lines_off_a_terminal(tmp_path, monkeypatch):
     progress = SweepProgress("t", total_runs=6, total_points=2, stream=stream)
     run_sweep(s, tmp_path / "out", progress=progress, summary=False)
     lines = stream.getvalue().splitlines()
-    assert lines[0] == "sweep t: 2 chunks to run; 0/2 points, 0/6 runs already done"
+    assert re.fullmatch(r"sweep t: 2 chunks \(~[0-9.]+ kB of chunk files, ~[0-9.]+ [kM]B memory per "
+                        r"chunk\) to run; 0/2 points, 0/6 runs already done", lines[0]), lines[0]
     assert lines[1].startswith("sweep t: 1/2 points, 3/6 runs (50%), ") and "runs/s" in lines[1]
     assert "left" in lines[1]
     assert lines[-1].startswith("sweep t: 2/2 points, 6/6 runs (100%), ") and lines[-1].endswith("done")
@@ -422,3 +424,216 @@ def test_a_sweep_without_axes_is_its_base_config(tmp_path):
     alone, times = independent_point(sweep(None, runs=2).points()[0].config, "sgd", 0, 2)
     np.testing.assert_array_equal(eager.loss.sel(method_name="sgd").values[:, :times.size],
                                   alone.loss.values)
+
+
+# ------------------------------------------------------------------ fix round (trial F1, F2, F8, F9)
+@pytest.mark.parametrize("runs, chunk_runs", [(3, 2), (3, 7), (4, 4), (2, 64)])
+def test_a_chunk_never_splits_a_point_it_shares(runs, chunk_runs):
+    """Chunks pack chunk_runs // runs whole points, or (runs > chunk_runs) hold one point's run
+    range alone: every run of every point exactly once."""
+    from dlnlab.sweep import plan_chunks
+
+    s = sweep({"training.learning_rate": [0.04, 0.05, 0.06], "seed": [0, 1]}, runs=runs,
+              chunk_runs=chunk_runs)
+    chunks, _ = plan_chunks(s, s.points())
+    covered = {}
+    for spec in chunks:
+        assert spec.num_runs <= chunk_runs
+        if len(spec.entries) > 1:
+            assert all((e.run_start, e.run_stop) == (0, runs) for e in spec.entries)
+            assert len(spec.entries) <= max(1, chunk_runs // runs)
+        for e in spec.entries:
+            covered.setdefault(e.point, []).extend(range(e.run_start, e.run_stop))
+    assert {p: sorted(r) for p, r in covered.items()} == {p: list(range(runs)) for p in range(6)}
+
+
+def test_growing_an_axis_reuses_every_chunk_of_the_old_points(tmp_path, monkeypatch):
+    """A point with more runs than chunk_runs has chunks of its own: a new learning rate adds
+    chunks and reruns none (the old packing cut chunks across the points of another seed)."""
+    import io
+
+    from dlnlab.sweep import SweepProgress
+
+    monkeypatch.setenv("DLNLAB_PROGRESS_SECONDS", "1000")
+    base = BASE
+    small = sweep({"training.learning_rate": [0.04, 0.05], "seed": [0, 1]}, runs=3, chunk_runs=2,
+                  base=base)
+    run_sweep(small, tmp_path / "out", summary=False)
+    before = {c["id"]: c["content_hash"] for c in read_manifest(tmp_path / "out")["chunks"]}
+    grown = sweep({"training.learning_rate": [0.04, 0.05, 0.06], "seed": [0, 1]}, runs=3,
+                  chunk_runs=2, base=base)
+    stream = io.StringIO()
+    run_sweep(grown, tmp_path / "out", summary=False,
+              progress=SweepProgress("t", 18, 6, stream=stream))
+    first = re.sub(r" \(~[^)]*\)", "", stream.getvalue().splitlines()[0])
+    assert first == "sweep t: 4 chunks to run; 4/6 points, 12/18 runs already done"
+    after = {c["id"]: c["content_hash"] for c in read_manifest(tmp_path / "out")["chunks"]}
+    assert {k: after[k] for k in before} == before          # the same files, not rewritten
+    assert read_manifest(tmp_path / "out")["orphans"] == []
+
+
+def test_chunks_of_an_earlier_grid_are_reported_not_silently_kept(tmp_path):
+    """Packed chunks (all points of a group in one) change id when the grid grows: the old
+    files are listed as orphans in the manifest and named in the first progress line."""
+    import io
+
+    from dlnlab.sweep import SweepProgress
+
+    base = BASE
+    run_sweep(sweep({"training.learning_rate": [0.04, 0.05]}, runs=2, base=base), tmp_path / "out",
+              summary=False)
+    old = [c["file"] for c in read_manifest(tmp_path / "out")["chunks"]]
+    stream = io.StringIO()
+    run_sweep(sweep({"training.learning_rate": [0.04, 0.05, 0.06]}, runs=2, base=base),
+              tmp_path / "out", summary=False, progress=SweepProgress("t", 6, 3, stream=stream))
+    assert read_manifest(tmp_path / "out")["orphans"] == old and len(old) == 1
+    assert re.sub(r" \(~[^)]*\)", "", stream.getvalue().splitlines()[0]) == (
+        "sweep t: 1 chunk to run; 0/3 points, 0/6 runs already done; 1 chunk file in chunks/ not "
+        "in this plan (an earlier grid; kept, not read; listed in manifest.json 'orphans')")
+
+
+def test_every_variable_has_a_description_and_time_units(tmp_path):
+    import xarray as xr
+
+    from dlnlab.sweep.attributes import TIME_UNITS
+
+    run_sweep(sweep({"training.learning_rate": [0.04, 0.05]}, runs=2), tmp_path / "out",
+              summary=False)
+    chunk = read_manifest(tmp_path / "out")["chunks"][0]["file"]
+    with xr.open_dataset(tmp_path / "out" / chunk, engine="h5netcdf") as in_file:
+        datasets = {"chunk": in_file.load(), "open_sweep": open_sweep(tmp_path / "out")}
+    for where, ds in datasets.items():
+        missing = [n for n in ds.data_vars if not ds[n].attrs.get("long_name")]
+        assert missing == [], where
+        for name in ("time", "censor_time", "t_half", "t_90"):
+            assert ds[name].attrs["units"] == TIME_UNITS, (where, name)
+        assert ds.step.attrs["units"] == "steps" and "units" not in ds.status.attrs
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "base: required: a sweep file without base, [grid] or [[zip]] would run the default"),
+    ('name = "x"\nruns = 4\n', "base: required: a sweep file without base"),
+    ("seed = 0\n[training]\nlearning_rate = 0.1\n",
+     "seed=0: unknown field; valid: name, base, grid, zip, runs, chunk_runs; this looks like a "
+     'dlnlab run config: a sweep file names it as base = "run.toml"'),
+])
+def test_an_empty_file_or_a_run_config_is_not_a_sweep(tmp_path, text, message):
+    from dlnlab.sweep import load_sweep
+
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as info:
+        load_sweep(path)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_a_resumed_sweep_says_how_many_runs_ran_now(tmp_path, monkeypatch):
+    import io
+
+    from dlnlab.sweep import SweepProgress
+
+    monkeypatch.setenv("DLNLAB_PROGRESS_SECONDS", "0")
+    base = BASE
+    run_sweep(sweep({"training.learning_rate": [0.04]}, runs=2, base=base), tmp_path / "out",
+              summary=False)
+    stream = io.StringIO()
+    run_sweep(sweep({"training.learning_rate": [0.04, 0.05]}, runs=2, chunk_runs=2, base=base),
+              tmp_path / "out", summary=False, progress=SweepProgress("t", 4, 2, stream=stream))
+    last = stream.getvalue().splitlines()[-1]
+    assert last.startswith("sweep t: 2/2 points, 4/4 runs (100%, 2 run now), "), last
+
+
+def test_a_diverged_run_never_counts_as_having_learned(tmp_path):
+    """Trial F10: an amplitude passing s/2 on its way to infinity is no crossing. The raw
+    amplitudes of these diverging GD runs do cross a level (independent crossing_times), yet
+    t_half/t_90 are NaN and the summary's Kaplan-Meier medians count no crossing."""
+    from dlnlab.analysis.events import crossing_times
+    from dlnlab.sweep import summary_rows
+
+    base = {**BASE, "methods": ["gd"], "training": {"horizon": 20.0}}
+    ds = run_sweep(sweep({"training.learning_rate": [1.9, 4.0]}, base=base, runs=2),
+                   tmp_path / "out").load()
+    gd = ds.sel(method_name="gd")
+    assert (gd.status.values == "diverged").all()
+    raw = [crossing_times(gd.time.values[i], np.moveaxis(gd.amplitude.values[i], -1, -2),
+                          np.array([0.5, 0.25, np.inf])) for i in range(2)]
+    assert np.isfinite(np.stack(raw)).any()                  # the old rule counted these
+    assert np.isnan(gd.t_half.values).all() and np.isnan(gd.t_90.values).all()
+    for row in summary_rows(ds):
+        assert row["runs"] == 2 and row["diverged"] == 2
+        assert row["t_half_mode1"]["crossed"] == 0 and row["t_half_mode2"]["crossed"] == 0
+    rows = {r["learning_rate"]: r for r in summary_rows(ds)}
+    assert rows[1.9]["final_loss_median"] == "diverged 2/2"    # not a blank cell
+
+
+def test_the_plan_line_estimates_disk_and_a_sweep_too_big_for_the_disk_is_refused(tmp_path,
+                                                                                  monkeypatch):
+    """Trial F12: the estimate of the chunk files agrees with the files written (within 15%),
+    and a sweep whose estimate exceeds the free space is a one-line error before anything is
+    written."""
+    import io
+
+    from dlnlab.sweep import SweepProgress, driver
+    from dlnlab.sweep.plan import chunk_file_bytes_per_run, chunk_file_overhead_bytes
+
+    s = sweep({"training.learning_rate": [0.04, 0.05]}, runs=64)
+    stream = io.StringIO()
+    run_sweep(s, tmp_path / "out", summary=False, progress=SweepProgress("t", 128, 2, stream=stream))
+    written = sum(f.stat().st_size for f in (tmp_path / "out" / "chunks").glob("*.nc"))
+    estimate = sum(64 * chunk_file_bytes_per_run(p.config) for p in s.points())
+    estimate += chunk_file_overhead_bytes(s.points()[0].config)           # one chunk file
+    assert abs(estimate / written - 1) < 0.15, (estimate, written)
+    assert re.match(r"sweep t: 1 chunk \(~[0-9.]+ kB of chunk files", stream.getvalue())
+    monkeypatch.setattr(driver, "_free_bytes", lambda out: 1000.0)
+    with pytest.raises(ValueError) as info:
+        run_sweep(s, tmp_path / "new", summary=False)
+    assert re.fullmatch(r"out='.*new': the 128 runs to run need ~[0-9.]+ kB of chunk files; 1 kB "
+                        r"free there \(.*\)", str(info.value)), str(info.value)
+    assert not (tmp_path / "new").exists()
+    run_sweep(s, tmp_path / "out", summary=False)       # nothing to run: no disk needed
+
+
+def test_wrong_types_at_the_python_doors_are_one_line_errors(tmp_path):
+    """Trial F14/F15: no TypeError/AttributeError, no silent truthiness, no empty dataset."""
+    from dlnlab.sweep import load_sweep
+
+    s = sweep({"training.learning_rate": [0.04]}, runs=1)
+    cases = [
+        (lambda: load_sweep(42), "path=42: must be the path of a sweep file"),
+        (lambda: load_sweep("x.toml", "runs=8"), "overrides='runs=8': must be a list of key=value"),
+        (lambda: run_sweep("examples/sweep_quick.toml", tmp_path / "a"),
+         "sweep='examples/sweep_quick.toml': must be a SweepConfig from dlnlab.sweep.load_sweep"),
+        (lambda: run_sweep(s, 42), "out=42: must be the path of the sweep folder"),
+        (lambda: run_sweep(s, tmp_path / "a", executor="dask"), "executor='dask': must be an executor"),
+        (lambda: run_sweep(s, tmp_path / "a", only_failed="yes"), "only_failed='yes': must be True or False"),
+        (lambda: run_sweep_file("x.toml", only_failed="yes"), "only_failed='yes': must be True or False"),
+        (lambda: open_sweep(tmp_path, lazy="no"), "lazy='no': must be True, False or None"),
+        (lambda: open_sweep(tmp_path, variables="loss"), "variables='loss': must be a list of variable"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError) as info:
+            call()
+        assert str(info.value).startswith(message), str(info.value)
+        assert "\n" not in str(info.value)
+    assert not (tmp_path / "a").exists()
+    run_sweep(s, tmp_path / "b", summary=False)
+    with pytest.raises(ValueError, match=r"^variables=\['nope'\]: 'nope' is not a sweep variable; "
+                                         r"valid: .*final_loss"):
+        open_sweep(tmp_path / "b", variables=["nope"])
+
+
+def test_a_method_a_point_does_not_run_is_absent_not_pending(tmp_path):
+    """Trial F18: with methods as an axis, a (point, method) pair the point does not run is
+    'absent' (not 'pending' in a complete sweep) and has no summary row."""
+    from dlnlab.sweep import summary_rows
+
+    ds = run_sweep(sweep({"methods": [["sgd"], ["gd"]]}, runs=2), tmp_path / "out").load()
+    assert ds.attrs["complete"] == "True"
+    status = ds.status.transpose("methods", "method_name", "run").values
+    methods = [str(m) for m in ds.method_name.values]
+    sgd, gd = methods.index("sgd"), methods.index("gd")
+    assert (status[0, sgd] == "ok").all() and (status[0, gd] == "absent").all()
+    assert (status[1, gd] == "ok").all() and (status[1, sgd] == "absent").all()
+    rows = summary_rows(ds)
+    assert sorted((r["methods"], r["method"]) for r in rows) == [('["gd"]', "gd"), ('["sgd"]', "sgd")]
+    assert all(r["pending"] == 0 and r["runs"] == 2 for r in rows)

@@ -261,3 +261,73 @@ def test_example_sweeps_are_valid(name, points, groups):
     assert len(found) == points
     _, signatures = plan_chunks(sweep, found)
     assert len(signatures) == groups
+
+
+# ------------------------------------------------------------------ fix round (trial F6)
+@pytest.mark.parametrize("address, rule", [
+    ("notanaddress", "missing port number; must be a scheduler address such as tcp://host:8786"),
+    ("tcp://host", "missing port number"),
+    ("host:0", "port 0 is not in 1..65535"),
+    ("tcp://h:1 x", "must be a scheduler address"),
+    ("", "must be a scheduler address"),
+    ("http://h:8786", "unknown protocol 'http'"),
+])
+def test_malformed_scheduler_addresses_are_rejected_without_dask(address, rule):
+    """The rules of distributed.comm.addressing (a port is required), checked without dask."""
+    from dlnlab.sweep.dask_executor import check_scheduler_address
+
+    with pytest.raises(ValueError) as info:
+        check_scheduler_address("--scheduler", address)
+    assert str(info.value).startswith(f"--scheduler={address!r}: {rule}")
+
+
+@pytest.mark.parametrize("address", ["tcp://127.0.0.1:8786", "host:8786", "tls://h.example:1",
+                                     "[::1]:8786", "inproc://10.0.0.1/123/1", "ucx://h:1"])
+def test_valid_scheduler_addresses_agree_with_distributed(address):
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    from dlnlab.sweep.dask_executor import check_scheduler_address
+
+    assert check_scheduler_address("scheduler", address) == address
+    scheme, location = parse_address(address)
+    if scheme in ("tcp", "tls"):
+        parse_host_port(location)               # distributed accepts it too
+
+
+def test_cli_rejects_a_malformed_scheduler_before_writing_anything(tmp_path, capsys):
+    from dlnlab.cli import main
+
+    path = tmp_path / "s.toml"
+    path.write_text('name = "s"\n[base]\nmethods = ["sgd"]\n[grid]\n'
+                    '"training.learning_rate" = [0.01]\n')
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "--scheduler", "notanaddress", "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == ("error: --scheduler='notanaddress': missing port number; must be a "
+                            "scheduler address such as tcp://host:8786\n")
+    assert not out.exists()
+
+
+def test_cli_unreachable_scheduler_fails_before_the_folder_is_made(tmp_path, capsys, monkeypatch):
+    import socket
+
+    from dlnlab.cli import main
+    from dlnlab.sweep import dask_executor
+
+    monkeypatch.setattr(dask_executor.DaskExecutor.__init__, "__kwdefaults__",
+                        {**dask_executor.DaskExecutor.__init__.__kwdefaults__,
+                         "connect_timeout": 1})
+    with socket.socket() as s:                    # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = tmp_path / "s.toml"
+    path.write_text('name = "s"\n[base]\nmethods = ["sgd"]\n[grid]\n'
+                    '"training.learning_rate" = [0.01]\n')
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "--scheduler", f"127.0.0.1:{port}", "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert captured.err.startswith(f"error: --scheduler='127.0.0.1:{port}': no Dask scheduler "
+                                   "answered within 1 s")
+    assert not out.exists()

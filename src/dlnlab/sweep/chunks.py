@@ -292,8 +292,11 @@ def run_chunk(spec: ChunkSpec, path: str | Path) -> ChunkOutcome:
     point's last record), ``censor_time`` (the last record time, or the divergence time) and, when
     the amplitudes are recorded, ``t_half`` / ``t_90`` ``(method_name, slot, mode)``: first time
     ``a >= 0.5 s`` / ``0.9 s`` (:func:`dlnlab.analysis.events.crossing_times`, NaN: not
-    reached) and the teacher's ``spectrum`` ``(slot, mode)`` (zeros past its rank).
-    Attributes ``chunk_id``, ``data_hash`` (:func:`data_hash`), ``dlnlab_version`` and
+    reached; always NaN for a diverged run, which is censored at its divergence time) and the
+    teacher's ``spectrum`` ``(slot, mode)`` (zeros past its rank).
+    Every variable has ``long_name`` and, where they apply, ``units`` (time-like ones: ``t =
+    step x learning rate``; :mod:`dlnlab.sweep.attributes`). Attributes ``chunk_id``,
+    ``data_hash`` (:func:`data_hash`), ``dlnlab_version`` and
     ``messages`` (JSON: point -> error, for failed points).
 
     Never raises for a failing simulation: its runs are labelled ``failed`` (NaN data) and the
@@ -472,8 +475,17 @@ def _assemble(spec, methods, records, slots, offsets, configs, times, results, f
             for frac, out in ((0.5, t_half), (0.9, t_90)):
                 level = np.where(spectrum > 0, frac * spectrum, np.inf)
                 out[:, s0:s1] = crossing_times(times[i], series, level)
+            # a diverged run learned nothing: an amplitude passing a level on its way to
+            # infinity is no crossing (NaN: censored at its divergence time, censor_time)
+            gone = diverged[:, s0:s1] >= 0                              # (m, runs)
+            t_half[:, s0:s1][gone] = np.nan
+            t_90[:, s0:s1][gone] = np.nan
         data["t_half"] = (("method_name", "slot", "mode"), t_half)
         data["t_90"] = (("method_name", "slot", "mode"), t_90)
         data["spectrum"] = (("slot", "mode"), spectra)
+    from .attributes import annotate
+
     coords = {"method_name": methods, "point": ("slot", point), "run": ("slot", run)}
-    return xr.Dataset(data, coords=coords)
+    ds = xr.Dataset(data, coords=coords)
+    annotate(ds)
+    return ds

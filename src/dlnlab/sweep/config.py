@@ -312,15 +312,27 @@ def _sweep_error(error: pydantic.ValidationError) -> str:
     cause = (first.get("ctx") or {}).get("error")
     if isinstance(cause, ValueError) and first["type"] == "value_error" and not first["loc"]:
         return str(cause)
-    return format_error(error, SweepConfig)
+    message = format_error(error, SweepConfig)
+    loc = first.get("loc") or ()
+    if first["type"] == "extra_forbidden" and len(loc) == 1 and loc[0] in ExperimentConfig.model_fields:
+        message += ('; this looks like a dlnlab run config: a sweep file names it as base = '
+                    '"run.toml" (or puts it under [base]) and lists its axes under [grid] or [[zip]]')
+    return message
 
 
 def sweep_from_dict(data: dict, folder: str | Path | None = None) -> SweepConfig:
     """A :class:`SweepConfig` from a dict as read from TOML: ``base`` a path (relative to
-    ``folder``) or a table (with an optional ``file``); one-line ``ValueError`` otherwise."""
+    ``folder``) or a table (with an optional ``file``); one-line ``ValueError`` otherwise,
+    also for a table with none of ``base``, ``grid`` and ``zip`` (an empty file: it would
+    silently run the default config)."""
     if not isinstance(data, dict):
         raise ValueError(f"sweep={show(data)}: must be a table")
     data = dict(data)
+    if not any(key in data for key in ("base", "grid", "zip")) and \
+            not set(data) - set(SweepConfig.model_fields):
+        raise ValueError('base: required: a sweep file without base, [grid] or [[zip]] would run '
+                         'the default config; give base = "run.toml" (or a [base] table) and the '
+                         'axes under [grid] or [[zip]]')
     data["base"] = _resolve_base(data.get("base", {}), Path(folder) if folder else Path("."))
     try:
         return SweepConfig.model_validate(data)
@@ -359,6 +371,13 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepCon
     ``base.training.horizon=50``). One-line ``ValueError`` for any problem."""
     from ..experiments.config import apply_override
 
+    if not isinstance(path, str | Path):
+        raise ValueError(f"path={show(path)}: must be the path of a sweep file (str or "
+                         "pathlib.Path)")
+    if overrides is not None and (isinstance(overrides, str) or not isinstance(overrides, list | tuple)
+                                  or not all(isinstance(x, str) for x in overrides)):
+        raise ValueError(f"overrides={show(overrides)}: must be a list of key=value strings, e.g. "
+                         "['runs=8']")
     path = Path(path)
     data = read_toml(path, what="sweep")
     for item in overrides or []:

@@ -41,7 +41,38 @@ CONNECT_TIMEOUT_SECONDS = 30.0
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 """The XLA flag that sets the host device count (one per core in the CLI; 1 in a worker)."""
 
-_ADDRESS = re.compile(r"(?:[a-z][a-z0-9+]*://)?[^\s/]+(?::\d+)?/?")
+_SCHEMES = ("tcp", "tls", "ws", "wss", "ucx", "inproc")
+_HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(?P<port>\d+))?/?")
+
+
+def check_scheduler_address(name: str, address) -> str:
+    """``address`` if it is a Dask scheduler address (``tcp://host:8786``, ``host:8786``,
+    ``tls://host:port``, ``ws://``/``wss://``/``ucx://host:port``, ``inproc://...``), checked
+    here without dask and without contacting it (the rules of
+    ``distributed.comm.addressing.parse_address`` / ``parse_host_port``: a port is required).
+    Raises ``ValueError`` (one line, ``name='x': rule``) otherwise."""
+    example = "a scheduler address such as tcp://host:8786"
+    if not isinstance(address, str) or not address or address != address.strip() \
+            or any(c.isspace() for c in address):
+        v.fail(name, address, f"must be {example}")
+    scheme, sep, location = address.partition("://")
+    if not sep:
+        scheme, location = "tcp", address
+    if scheme not in _SCHEMES:
+        v.fail(name, address, f"unknown protocol {scheme!r} (one of {', '.join(_SCHEMES)}); must "
+               f"be {example}")
+    if scheme == "inproc":
+        if not location:
+            v.fail(name, address, f"must be {example}")
+        return address
+    match = _HOST_PORT.fullmatch(location)
+    if match is None:
+        v.fail(name, address, f"must be {example}")
+    if match["port"] is None:
+        v.fail(name, address, f"missing port number; must be {example}")
+    if not 0 < int(match["port"]) < 65536:
+        v.fail(name, address, f"port {match['port']} is not in 1..65535; must be {example}")
+    return address
 
 
 def worker_xla_flags(driver_flags: str | None = None) -> str:
@@ -116,8 +147,8 @@ class DaskExecutor:
                    "or scheduler (an address)")
         if local_cluster is not None:
             v.positive_int("local_cluster", local_cluster)
-        if scheduler is not None and not (isinstance(scheduler, str) and _ADDRESS.fullmatch(scheduler)):
-            v.fail("scheduler", scheduler, "must be a scheduler address such as tcp://host:8786")
+        if scheduler is not None:
+            check_scheduler_address("scheduler", scheduler)
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             v.fail("retries", retries, "must be an integer >= 0")
         if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, int | float):

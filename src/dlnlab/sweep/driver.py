@@ -100,17 +100,31 @@ class SweepProgress:
         if self._rich is not None:
             self._rich.__exit__(*exc)
 
-    def begin(self, done_runs: int, done_points: int, tasks: int) -> None:
+    def begin(self, done_runs: int, done_points: int, tasks: int, orphans: int = 0,
+              disk: float | None = None, memory: float | None = None) -> None:
+        """The first line: chunks to run (with ``disk``, the estimated bytes of their files, and
+        ``memory``, the largest chunk's estimated memory), what is already done and
+        (``orphans``) how many chunk files in ``chunks/`` belong to no chunk of this plan (an
+        earlier grid's)."""
+        from .plan import format_bytes
+
         self.base_runs = done_runs
         if self.quiet:
             return
+        chunks = "1 chunk" if tasks == 1 else f"{tasks} chunks"
+        if tasks and disk is not None:
+            chunks += f" (~{format_bytes(disk)} of chunk files"
+            chunks += f", ~{format_bytes(memory)} memory per chunk)" if memory else ")"
+        line = (f"sweep {self.name}: {chunks} to run; {done_points}/{self.total_points} points, "
+                f"{done_runs}/{self.total_runs} runs already done")
+        if orphans:
+            line += f"; {orphan_note(orphans)}"
         if self._rich is not None:
             self._rich.update(self._task, completed=done_runs,
                               points=f"{done_points}/{self.total_points} points")
+            self._rich.console.print(line)
             return
-        chunks = "1 chunk" if tasks == 1 else f"{tasks} chunks"
-        print(f"sweep {self.name}: {chunks} to run; {done_points}/{self.total_points} points, "
-              f"{done_runs}/{self.total_runs} runs already done", file=self.stream, flush=True)
+        print(line, file=self.stream, flush=True)
 
     def report(self, done_runs: int, done_points: int, failed: int = 0) -> None:
         if self.quiet:
@@ -127,7 +141,8 @@ class SweepProgress:
         new = done_runs - (self.base_runs or 0)
         rate = new / elapsed if elapsed > 0 else 0.0
         line = (f"sweep {self.name}: {done_points}/{self.total_points} points, {done_runs}/"
-                f"{self.total_runs} runs ({100.0 * done_runs / max(self.total_runs, 1):.0f}%), "
+                f"{self.total_runs} runs ({100.0 * done_runs / max(self.total_runs, 1):.0f}%"
+                f"{f', {new} run now' if self.base_runs else ''}), "
                 f"{rate:.3g} runs/s, {_duration(elapsed)} elapsed")
         if failed:
             line += f", {failed} chunks failed"
@@ -136,6 +151,56 @@ class SweepProgress:
         elif rate > 0:
             line += f", ~{_duration((self.total_runs - done_runs) / rate)} left"
         print(line, file=self.stream, flush=True)
+
+
+def orphan_note(count: int) -> str:
+    """What the summary lines say about chunk files of no chunk of the current plan."""
+    files = "1 chunk file" if count == 1 else f"{count} chunk files"
+    return (f"{files} in chunks/ not in this plan (an earlier grid; kept, not read; listed in "
+            "manifest.json 'orphans')")
+
+
+def orphan_chunk_files(out: Path, chunk_ids) -> list[str]:
+    """``chunks/*.nc`` files of ``out`` whose name is no chunk id in ``chunk_ids`` (sorted
+    relative paths)."""
+    folder = Path(out) / "chunks"
+    if not folder.is_dir():
+        return []
+    ids = set(chunk_ids)
+    return sorted(f"chunks/{p.name}" for p in folder.glob("*.nc") if p.stem not in ids)
+
+
+def _estimate(todo: list[ChunkSpec], points) -> tuple[float, float]:
+    """Estimated bytes of the chunk files of ``todo`` and the largest chunk's memory
+    (:func:`~dlnlab.sweep.plan.chunk_file_bytes_per_run` per run and
+    :func:`~dlnlab.sweep.plan.chunk_file_overhead_bytes` per file; :func:`~dlnlab.sweep.plan.per_run_bytes`
+    with the points the chunk spans)."""
+    from .plan import chunk_file_bytes_per_run, chunk_file_overhead_bytes, per_run_bytes
+
+    per_point: dict[int, float] = {}
+    disk, memory = 0.0, 0.0
+    for spec in todo:
+        for e in spec.entries:
+            if e.point not in per_point:
+                per_point[e.point] = chunk_file_bytes_per_run(points[e.point].config)
+            disk += per_point[e.point] * e.num_runs
+        first = points[spec.entries[0].point].config
+        disk += chunk_file_overhead_bytes(first)
+        memory = max(memory, spec.num_runs * per_run_bytes(first, len(spec.entries)))
+    return disk, memory
+
+
+def _free_bytes(out: Path) -> float | None:
+    """Free bytes on the file system that holds (or will hold) ``out``; None if unknown."""
+    import shutil
+
+    path = Path(out).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return float(shutil.disk_usage(path).free)
+    except OSError:
+        return None
 
 
 def _duration(seconds: float) -> str:
@@ -159,12 +224,28 @@ def run_sweep(sweep: SweepConfig, out: str | Path, *, executor: Executor | None 
     Writes ``OUT/sweep.toml``, ``OUT/chunks/<chunk_id>.nc`` and ``OUT/manifest.json`` (all
     atomically). The same sweep rerun in the same folder recomputes nothing; a larger grid in
     the same folder reuses every chunk whose content (configs, run indices, version) is
-    unchanged. Raises ``ValueError`` (one line) for a float64 sweep without x64 enabled.
+    unchanged (docs/sweeps.md, "Growing a sweep"). Raises ``ValueError`` (one line) for a
+    float64 sweep without x64 enabled, and, before anything is written, when the estimated
+    chunk files of the runs to run exceed the free space at ``out``.
     """
     import jax
 
+    from .. import _validation as v
     from ..io.atomic import atomic_write_text
 
+    if not isinstance(sweep, SweepConfig):
+        v.fail("sweep", sweep, "must be a SweepConfig from dlnlab.sweep.load_sweep(path) (or call "
+               "run_sweep_file(path))")
+    if not isinstance(out, str | Path):
+        v.fail("out", out, "must be the path of the sweep folder (str or pathlib.Path)")
+    if executor is not None and not isinstance(executor, Executor):
+        v.fail("executor", executor, "must be an executor (InProcessExecutor(), DaskExecutor(...)) "
+               "or None")
+    for name, flag in (("only_failed", only_failed), ("summary", summary)):
+        if not isinstance(flag, bool):
+            v.fail(name, flag, "must be True or False")
+    if progress is not None and not isinstance(progress, bool | SweepProgress):
+        v.fail("progress", progress, "must be True, False, None or a SweepProgress")
     out = Path(out)
     points = sweep.points()
     if any(p.config.dtype == "float64" for p in points) and not jax.config.jax_enable_x64:
@@ -176,7 +257,6 @@ def run_sweep(sweep: SweepConfig, out: str | Path, *, executor: Executor | None 
         raise ValueError(f"only_failed=True: out={str(out)!r} has no manifest.json; run the sweep "
                          "first")
     old_chunks = {c["id"]: c for c in (old or {}).get("chunks", [])}
-    atomic_write_text(sweep_to_toml(sweep), out / "sweep.toml")
     methods: list[str] = []
     for p in points:
         for m in p.config.methods:
@@ -189,6 +269,7 @@ def run_sweep(sweep: SweepConfig, out: str | Path, *, executor: Executor | None 
             c for c in chunks if c.group == g]) else [], "schema": None}
             for g in range(len(signatures))],
         "chunks": [_chunk_entry(c) for c in chunks],
+        "orphans": orphan_chunk_files(out, [c.chunk_id for c in chunks]),
     }
     entries = {e["id"]: e for e in manifest["chunks"]}
     # resume: verify what is on disk
@@ -208,6 +289,16 @@ def run_sweep(sweep: SweepConfig, out: str | Path, *, executor: Executor | None 
         todo = [c for c in chunks if entries[c.chunk_id]["status"] == "failed"]
     else:
         todo = [c for c in chunks if entries[c.chunk_id]["status"] != "complete"]
+    disk, memory = _estimate(todo, points)
+    free = _free_bytes(out)
+    if todo and free is not None and disk > free:
+        from .plan import format_bytes
+
+        runs_todo = sum(c.num_runs for c in todo)
+        raise ValueError(f"out={str(out)!r}: the {runs_todo} runs to run need ~{format_bytes(disk)} "
+                         f"of chunk files; {format_bytes(free)} free there (fewer runs or points, "
+                         "fewer record.points or record.variables, or another folder)")
+    atomic_write_text(sweep_to_toml(sweep), out / "sweep.toml")
     write_manifest(out, manifest)
 
     runs_per_point = manifest["runs"]
@@ -256,7 +347,7 @@ def run_sweep(sweep: SweepConfig, out: str | Path, *, executor: Executor | None 
     executor = InProcessExecutor() if own else executor
     tasks = [(spec, str(out / entries[spec.chunk_id]["file"])) for spec in todo]
     with reporter:
-        reporter.begin(*counts(), len(tasks))
+        reporter.begin(*counts(), len(tasks), len(manifest["orphans"]), disk, memory)
         if tasks:
             (out / "chunks").mkdir(parents=True, exist_ok=True)
             with executor:
@@ -277,20 +368,38 @@ def run_sweep_file(path: str | Path, *, out: str | Path | None = None,
     folder. One-line ``ValueError`` for a bad file, a bad option or both executors at once."""
     from .. import _validation as v
 
+    if not isinstance(path, str | Path):
+        v.fail("path", path, "must be the path of a sweep file (str or pathlib.Path)")
+    for name, flag in (("only_failed", only_failed), ("quiet", quiet)):
+        if not isinstance(flag, bool):
+            v.fail(name, flag, "must be True or False")
     if local_cluster is not None and scheduler is not None:
         raise ValueError(f"--local-cluster={local_cluster} and --scheduler={scheduler!r}: give "
                          "one of them")
     if local_cluster is not None:
         v.positive_int("--local-cluster", local_cluster)
+    if scheduler is not None:
+        from .dask_executor import check_scheduler_address
+
+        check_scheduler_address("--scheduler", scheduler)
     sweep = load_sweep(path, overrides)
     out = Path("sweeps") / sweep.name if out is None else Path(out)
-    executor = None
-    if local_cluster is not None or scheduler is not None:
+    if local_cluster is None and scheduler is None:
+        data = run_sweep(sweep, out, only_failed=only_failed, progress=not quiet)
+    else:
+        from contextlib import ExitStack
+
         from .dask_executor import DaskExecutor
 
         executor = DaskExecutor(local_cluster=local_cluster, scheduler=scheduler)
-    data = run_sweep(sweep, out, executor=executor, only_failed=only_failed,
-                     progress=not quiet)
+        with ExitStack() as stack:
+            if scheduler is not None:       # connect before anything is written or printed
+                try:
+                    stack.enter_context(executor)
+                except OSError as error:
+                    raise OSError(str(error).replace("scheduler=", "--scheduler=", 1)) from None
+            data = run_sweep(sweep, out, executor=executor, only_failed=only_failed,
+                             progress=not quiet)
     if not quiet:
         print_summary(out, data)
     return out
@@ -319,5 +428,7 @@ def print_summary(out: Path, data: xr.Dataset, limit: int = 40) -> None:
     state = ("complete" if data.attrs.get("complete") == "True" else
              f"{data.attrs.get('chunks_failed')} chunks failed, "
              f"{data.attrs.get('chunks_pending')} pending")
+    orphans = len((read_manifest(out) or {}).get("orphans", []))
+    note = f"; {orphan_note(orphans)}" if orphans else ""
     console.print(f"{out}: {state}; summary.csv, summary.md, manifest.json; "
-                  f"open with dlnlab.sweep.open_sweep({str(out)!r})")
+                  f"open with dlnlab.sweep.open_sweep({str(out)!r}){note}")

@@ -79,6 +79,44 @@ def per_run_bytes(config, points_per_call: int = 1) -> float:
     return one["state"] + one["noise"] + one["records"] * max(1, points_per_call)
 
 
+def chunk_file_bytes_per_run(config) -> float:
+    """Bytes one run of ``config`` adds to its chunk file (an estimate): its records
+    (:func:`dlnlab.experiments.config.resource_estimate` with one run), its record times and
+    steps (8 bytes each, steps per method) and its per-run scalars (status, diverged step, final
+    loss, censoring time, ``t_half``/``t_90`` per mode). The files are written uncompressed, so
+    this is close to the size on disk (``examples/sweep_quick.toml`` with 144 runs per chunk:
+    9.6 kB estimated, 10.0 kB measured per run, file header included)."""
+    from ..experiments.config import resource_estimate
+
+    one = resource_estimate(config.model_copy(update={"runs": 1}))
+    methods = len(config.methods)
+    steps = config.training.horizon / config.training.learning_rate
+    points = min(float(config.record.points), steps + 1.0)
+    modes = float(min(config.task.d_in, config.task.d_out))
+    return one["records"] + 8.0 * points * (1 + methods) + methods * (40.0 + 16.0 * modes)
+
+
+#: Bytes of a chunk file's HDF5/NetCDF metadata per variable (measured: ~2 kB).
+FILE_BYTES_PER_VARIABLE = 2048.0
+
+
+def chunk_file_overhead_bytes(config) -> float:
+    """Bytes of a chunk file that do not grow with its runs: :data:`FILE_BYTES_PER_VARIABLE`
+    per variable (the recorded observables and 12 others: time, step, status, ...)."""
+    from ..dynamics.observers import observable_names
+
+    names = set(config.record.variables or observable_names(None)) | {"loss"}
+    return FILE_BYTES_PER_VARIABLE * (len(names) + 12)
+
+
+def format_bytes(size: float) -> str:
+    """``size`` bytes as ``12 kB`` / ``3.4 MB`` / ``9.7 GB`` / ``1.2 TB`` (powers of 1000)."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.2g} {unit}" if size < 10 * scale else f"{size / scale:.0f} {unit}"
+    return f"{size:.0f} B"
+
+
 def default_chunk_runs(config, runs_per_point: int, points: int,
                        memory: float = CHUNK_MEMORY_BYTES) -> int:
     """The most runs per chunk whose estimated memory (:func:`per_run_bytes`, with the union of
@@ -97,9 +135,12 @@ def plan_chunks(sweep: SweepConfig, points: list[Point]) -> tuple[list[ChunkSpec
     """Chunks of every group, and the groups' signatures (group ``g`` is ``signatures[g]``).
 
     Groups are numbered in order of their first point; a group's points are ordered so that
-    points sharing a task come together, and their runs are cut into chunks of at most
-    ``sweep.chunk_runs`` runs (default :func:`default_chunk_runs`); a point with more runs than
-    that spans several chunks.
+    points sharing a task come together. A chunk holds at most ``sweep.chunk_runs`` runs
+    (default :func:`default_chunk_runs`) and never splits a point it shares with another: when a
+    point's runs fit in a chunk, the chunk packs ``chunk_runs // runs`` whole points (the last
+    chunk of a group fewer); a point with more runs than ``chunk_runs`` fills chunks of its own
+    (``ceil(runs / chunk_runs)``), so a chunk id names one point's run range and stays the same
+    when other points are added (docs/sweeps.md, "Growing a sweep").
     """
     runs = points[0].config.runs if points else 0
     groups: dict[str, list[Point]] = {}
@@ -110,20 +151,20 @@ def plan_chunks(sweep: SweepConfig, points: list[Point]) -> tuple[list[ChunkSpec
         members = sorted(members, key=lambda p: (_call_order(p), p.index))
         size = sweep.chunk_runs or default_chunk_runs(members[0].config, runs, len(members))
         methods = tuple(members[0].config.methods)
+        per_chunk = max(1, size // runs) if runs <= size else 1
         current: list[ChunkEntry] = []
-        filled = 0
         for point in members:
             text = json.dumps(point.config.model_dump(mode="json"), sort_keys=True,
                               separators=(",", ":"))
-            start = 0
-            while start < runs:
-                take = min(runs - start, size - filled)
-                current.append(ChunkEntry(point.index, text, start, start + take))
-                start += take
-                filled += take
-                if filled == size:
+            if runs <= size:
+                current.append(ChunkEntry(point.index, text, 0, runs))
+                if len(current) == per_chunk:
                     chunks.append(ChunkSpec(g, tuple(current), methods))
-                    current, filled = [], 0
+                    current = []
+                continue
+            for start in range(0, runs, size):
+                chunks.append(ChunkSpec(g, (ChunkEntry(point.index, text, start,
+                                                       min(runs, start + size)),), methods))
         if current:
             chunks.append(ChunkSpec(g, tuple(current), methods))
     return chunks, list(copy.copy(list(groups)))

@@ -193,6 +193,10 @@ def _load_block(points: np.ndarray, block_shape: tuple, parts: dict, layout: dic
         where = np.unravel_index(local, block_shape)
         for path, _hash, chunk_methods, slot, start, stop, status in parts.get(int(point), ()):
             n = stop - start
+            if "status" in out:          # a method this point does not run (a methods axis)
+                for m, method in enumerate(methods):
+                    if method not in chunk_methods:
+                        out["status"][where + (m, slice(start, stop))] = "absent"
             if path is None:
                 if status == "failed" and "status" in out:
                     out["status"][where + (slice(None), slice(start, stop))] = "failed"
@@ -253,11 +257,14 @@ def open_sweep(out: str | Path, *, lazy: bool | None = None,
     ``method_name``, ``run``, ``record`` and the observables' dims. Variables: every recorded
     observable ``(*sweep, method_name, run, record, ...)``, ``time`` ``(*sweep, record)`` (each
     point's record times, t = step x learning rate, NaN past its last record), ``step``,
-    ``status`` (``ok``, ``diverged``, ``failed``, ``pending``: a chunk not yet complete),
+    ``status`` (``ok``, ``diverged``, ``failed``, ``pending``: a chunk not yet complete,
+    ``absent``: a method the point does not run, when ``methods`` is an axis),
     ``diverged_step`` (-1: none), ``final_loss``, ``censor_time`` and ``t_half`` / ``t_90``
     ``(..., mode)`` and the teacher's ``spectrum`` ``(*sweep, mode)`` when the amplitudes were
     recorded. A field given as a list (``task.hidden``) has its values as JSON strings.
-    Attributes: ``sweep_name``, ``runs_per_point``, chunk counts (``chunks_complete``,
+    Every variable has ``long_name`` and, where they apply, ``units`` (time-like ones: ``t = step
+    x learning rate``; :data:`dlnlab.sweep.attributes.VARIABLE_ATTRIBUTES`). Attributes:
+    ``sweep_name``, ``runs_per_point``, chunk counts (``chunks_complete``,
     ``chunks_failed``, ``chunks_pending``), ``complete``.
 
     Built from ``manifest.json`` alone: with dask installed (``lazy`` None or True) every
@@ -268,6 +275,15 @@ def open_sweep(out: str | Path, *, lazy: bool | None = None,
     (e.g. :data:`SUMMARY_VARIABLES`; with ``lazy=False`` each chunk file is then opened once).
     Raises ``ValueError`` (one line) when ``out`` holds no sweep.
     """
+    from .. import _validation as v
+
+    if not isinstance(out, str | Path):
+        v.fail("out", out, "must be the path of a sweep folder (str or pathlib.Path)")
+    if lazy is not None and not isinstance(lazy, bool):
+        v.fail("lazy", lazy, "must be True, False or None")
+    if variables is not None and (isinstance(variables, str) or not isinstance(variables, list | tuple)
+                                  or not all(isinstance(x, str) for x in variables)):
+        v.fail("variables", variables, "must be a list of variable names, e.g. ['loss', 'status']")
     out = Path(out)
     manifest = read_manifest(out)
     if manifest is None:
@@ -286,6 +302,14 @@ def open_sweep(out: str | Path, *, lazy: bool | None = None,
     shape = [len(d["coords"][d["axes"][0]]) for d in dims]
     layout = _variables(manifest)
     if variables is not None:
+        from .attributes import VARIABLE_ATTRIBUTES
+
+        known = set(layout) | {n for n in VARIABLE_ATTRIBUTES if n not in ("point", "run", "mode",
+                                                                            "method_name")}
+        unknown = [name for name in variables if name not in known]
+        if unknown:         # a name no chunk can hold (one not recorded yet is simply absent)
+            v.fail("variables", list(variables), f"{unknown[0]!r} is not a sweep variable; valid: "
+                   f"{', '.join(sorted(known))}")
         layout = {name: entry for name, entry in layout.items() if name in variables}
     parts: dict[int, list] = {}
     counts = {"complete": 0, "failed": 0, "pending": 0}
@@ -360,6 +384,9 @@ def open_sweep(out: str | Path, *, lazy: bool | None = None,
             ds[name].attrs["fields"] = ", ".join(d["axes"])
     if "mode" in ds.dims:
         ds = ds.assign_coords(mode=np.arange(1, ds.sizes["mode"] + 1))
+    from .attributes import annotate
+
+    annotate(ds)
     ds.attrs.update(sweep_name=manifest["name"], runs_per_point=runs,
                     chunks_complete=counts.get("complete", 0), chunks_failed=counts.get("failed", 0),
                     chunks_pending=counts.get("pending", 0),
@@ -370,13 +397,16 @@ def open_sweep(out: str | Path, *, lazy: bool | None = None,
 
 # ------------------------------------------------------------------ summary
 def summary_rows(ds: xr.Dataset) -> list[dict]:
-    """Per point and method: the sweep coordinates, ``runs`` (the runs the statistics cover:
+    """Per point and method (a method the point does not run, ``absent``, has no row): the sweep
+    coordinates, ``runs`` (the runs the statistics cover:
     status ok or diverged), ``diverged``, ``failed``, ``pending``, ``diverged_fraction`` (of the
-    covered runs), ``final_loss_median`` (over the covered runs' finite final losses) and per
+    covered runs), ``final_loss_median`` (over the covered runs' finite final losses;
+    ``"diverged n/N"`` when no covered run has a finite final loss) and per
     teacher mode (``s > 0``) ``t_half_mode<k>`` / ``t_90_mode<k>``: Kaplan-Meier medians with
     the runs that never got there censored at their last record or divergence
     (:func:`dlnlab.analysis.stats.censored_median`), written ``median (crossed/runs)`` or
-    ``not reached (> horizon)``."""
+    ``not reached (> horizon)``. A diverged run never counts as having crossed (its ``t_half`` /
+    ``t_90`` are NaN): it is censored at its divergence time."""
     from ..analysis.stats import censored_median
 
     sweep_dims = [d for d in ds.status.dims if d not in ("method_name", "run")]
@@ -401,6 +431,8 @@ def summary_rows(ds: xr.Dataset) -> list[dict]:
                   for name, values in group}
         for m, method in enumerate(methods):
             status = arrays["status"][flat, m].astype(str)
+            if (status == "absent").all():         # the point does not run this method
+                continue
             covered = np.isin(status, ["ok", "diverged"])
             row = dict(coords, method=method, runs=int(covered.sum()),
                        diverged=int((status == "diverged").sum()),
@@ -409,7 +441,9 @@ def summary_rows(ds: xr.Dataset) -> list[dict]:
             row["diverged_fraction"] = (row["diverged"] / row["runs"]) if row["runs"] else None
             final = arrays["final_loss"][flat, m][covered] if "final_loss" in arrays else np.zeros(0)
             final = final[np.isfinite(final)]
-            row["final_loss_median"] = float(np.median(final)) if final.size else None
+            row["final_loss_median"] = (float(np.median(final)) if final.size else
+                                        f"diverged {row['diverged']}/{row['runs']}" if row["runs"]
+                                        else None)
             if "t_half" in arrays and covered.any():
                 censor = arrays["censor_time"][flat, m][covered]
                 spectrum = (arrays["spectrum"][flat] if "spectrum" in arrays
