@@ -153,7 +153,11 @@ def _product_chain(weights):
 def _singular_values_chunk(weights, top_k: int):
     rows = []
     for p in _product_chain(weights):
-        s = jnp.linalg.svd(p, compute_uv=False)
+        # A diverged run's product is not finite: LAPACK would print "illegal value" lines for
+        # it; its singular values are NaN instead (numerical_ranks then gives rank -1).
+        finite = jnp.all(jnp.isfinite(p), axis=(-2, -1))
+        s = jnp.linalg.svd(jnp.where(finite[..., None, None], p, 0.0), compute_uv=False)
+        s = jnp.where(finite[..., None], s, jnp.nan)
         k = min(top_k, s.shape[-1])
         s = s[..., :k]
         if k < top_k:
