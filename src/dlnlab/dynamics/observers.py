@@ -44,14 +44,6 @@ OBSERVABLE_DIMS: dict[str, tuple[str, ...]] = {
 OPT_IN_OBSERVABLES: frozenset[str] = frozenset({"parameters"})
 
 
-def _singular_values(matrix: Array) -> Array:
-    """Singular values of ``matrix``, NaN when it is not finite (a diverged run): LAPACK is never
-    given a non-finite matrix (it prints "illegal value" lines for one)."""
-    finite = jnp.all(jnp.isfinite(matrix))
-    values = jnp.linalg.svd(jnp.where(finite, matrix, 0.0), compute_uv=False)
-    return jnp.where(finite, values, jnp.nan)
-
-
 def observable_names(observables: bool | Sequence[str] | None) -> tuple[str, ...]:
     """The names to record, in :data:`OBSERVABLE_DIMS` order, ``loss`` always included.
 
@@ -165,7 +157,7 @@ def observe_weights(weights, task: Task, learning_rate, batch_size, names=None,
         "balance_residual": lambda: bal(0),
         "balance_numerator": lambda: bal(1),
         "layer_norm": lambda: jnp.stack([jnp.linalg.norm(w) for w in weights]),
-        "singular_value": lambda: _singular_values(end_to_end(weights)),
+        "singular_value": lambda: jnp.linalg.svd(end_to_end(weights), compute_uv=False),
         "parameters": lambda: flatten_weights(weights),
     }
     return _evaluate(makers, names)
