@@ -10,6 +10,8 @@ import jax
 import numpy as np
 import pytest
 import xarray as xr
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from dlnlab.cli import main
 from dlnlab.experiments.config import validate_config
@@ -17,12 +19,14 @@ from dlnlab.experiments.protocols import PROTOCOLS
 from dlnlab.experiments.protocols.golden_path import (
     analyse,
     arm_configs,
+    describe,
     golden_path_study,
     load_golden_path_config,
     run_golden_path,
     validate_golden_path,
 )
 from dlnlab.experiments.run import build_task, initial_weights, record_times, run_experiment, run_method
+from dlnlab.plot.golden_path import readable_log_axis
 
 TINY = {"seeds": 3, "training": {"horizon": 3.0, "learning_rate": 0.02}, "record": {"points": 16},
         "task": {"d_in": 4, "d_out": 4, "hidden": [5, 4], "spectrum": [2.0, 1.0]},
@@ -113,6 +117,24 @@ def test_bad_config_is_one_line_naming_the_field(overrides, expected):
     assert "\n" not in text and text.startswith(expected), text
 
 
+@pytest.mark.parametrize(("args", "kwargs", "expected"), [
+    ((123, [], "x"), {}, "config_path=123: must be a path"),
+    ((None, "seeds=4", "x"), {}, "overrides='seeds=4': must be a list of key=value strings"),
+    ((None, [4], "x"), {}, "overrides=[4]: must be a list of key=value strings"),
+    ((None, [], 42), {}, "out=42: must be a folder path"),
+    ((None, [], "x"), {"quiet": "yes"}, "quiet='yes': must be True or False"),
+])
+def test_wrong_argument_types_at_the_python_door_are_one_value_error_line(tmp_path, args, kwargs,
+                                                                          expected):
+    args = args[:2] + ((str(tmp_path / args[2]) if isinstance(args[2], str) else args[2]),)
+    with pytest.raises(ValueError) as error:
+        run_golden_path(*args, **kwargs)
+    assert str(error.value).startswith(expected) and "\n" not in str(error.value)
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="config_path=42"):
+        load_golden_path_config(42)
+
+
 def test_recording_the_weights_of_the_reduced_sde_is_refused_before_anything_runs():
     with pytest.raises(ValueError) as error:
         validate_config({"methods": ["gd", "reduced"],
@@ -170,6 +192,12 @@ def test_command_writes_every_file_and_a_rerun_reuses_the_arms(tmp_path):
     assert f"{float(final.relative_parameter_distance_mean):.3g}" in report
     assert f"{float(final.function_distance_mean):.3g}" in report
     assert "| sgd | 3 |" in report
+    # every variable and coordinate in the file says what it is; time-like ones carry units
+    _assert_described(ds)
+    # the setup states each reference's actual escapes (not the padded dim size) and the record count
+    gd_escapes = int(np.isfinite(ds.reference_escape_time.sel(arm="sgd")).sum())
+    assert f"gd {gd_escapes} escape" in report and "escapes x" not in report
+    assert f"{ds.time.size} record times" in report
     # the resolved config reproduces itself; a rerun simulates nothing
     assert load_golden_path_config(out / "config.toml") == load_golden_path_config(None, overrides)
     first = json.loads((out / "run.json").read_text())
@@ -177,3 +205,120 @@ def test_command_writes_every_file_and_a_rerun_reuses_the_arms(tmp_path):
     run_golden_path(out / "config.toml", [], out, quiet=True)
     assert all(a["cached"] for a in json.loads((out / "run.json").read_text())["arms"])
     assert jax.config.jax_enable_x64
+
+
+# ------------------------------------------------------------------------------ metadata, figures
+def _assert_described(ds):
+    for name, var in {**ds.data_vars, **ds.coords}.items():
+        assert var.attrs.get("long_name") and len(var.attrs.get("description", "")) > 10, name
+    for name in ("time", "offset", "checkpoint", "escape_time", "level_time", "t_cross", "t_diag",
+                 "reference_escape_time"):
+        assert ds[name].attrs["units"] == "t = step x learning rate", name
+    # interval ends name their rule and the run-count variable that says how many runs they cover
+    for name, count in (("d_r_low", "runs_at_checkpoint"), ("function_distance_high_level",
+                                                            "runs_at_checkpoint_level"),
+                        ("relative_parameter_distance_low_window", "runs_at_checkpoint_window")):
+        text = ds[name].attrs["description"]
+        assert "percentile bootstrap" in text and f"{ds.attrs['bootstrap_resamples']} resamples" in text
+        assert f"runs covered: {count};" in text and count in ds.data_vars, name
+
+
+def test_every_variable_of_the_analysed_dataset_is_described_and_a_new_one_is_refused():
+    config = validate_golden_path({**TINY, "arms": ["sgd"]})
+    gd = _gd_dataset(config)
+    runs = xr.concat([gd.isel(run=[0])] * config.seeds, dim="run", data_vars="all").assign_coords(
+        run=np.arange(config.seeds))
+    ds = analyse(config, {"gd": gd, "sgd": runs})
+    _assert_described(ds)
+    with pytest.raises(KeyError, match="undescribed_variable"):
+        describe(ds.assign(undescribed_variable=ds.loss), config)
+
+
+@pytest.mark.parametrize("limits", [(0.25, 0.6), (0.15, 0.45), (0.02, 0.45), (1e-6, 0.7)])
+def test_log_axis_tick_labels_do_not_overlap(limits):
+    """A loss-level axis over about a decade: matplotlib's default labels minor ticks there
+    ("4x10^-1" runs into "3x10^-1" at this width); after readable_log_axis no two labels overlap
+    and at least two remain inside the view."""
+    fig = Figure(figsize=(3, 3))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    x = np.geomspace(*limits, 50)
+    ax.plot(x, x)
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    readable_log_axis(ax.xaxis)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.get_xticklabels(which="both")
+             if t.get_text() and t.get_visible()]
+    low, high = sorted(ax.get_xlim())
+    inside = [t for t in ax.xaxis.get_majorticklocs() if low <= t <= high]
+    assert len(inside) >= 2 and len(boxes) >= 2
+    boxes.sort(key=lambda b: b.x0)
+    for a, b in zip(boxes, boxes[1:], strict=False):
+        assert a.x1 <= b.x0, (limits, a, b)
+
+
+def test_an_arm_whose_runs_all_diverged_is_labelled_in_every_claim_without_warnings():
+    """Divergence is a labelled outcome: no numpy or matplotlib warning, and every claim row and
+    the numbers say how many runs diverged (not only "0 runs")."""
+    import warnings
+
+    from dlnlab.experiments.protocols.golden_path import claims, numbers
+    from dlnlab.plot.golden_path import golden_path_figures
+
+    config = validate_golden_path({**TINY, "arms": ["sgd"]})
+    gd = _gd_dataset(config)
+    runs = xr.concat([gd.isel(run=[0])] * config.seeds, dim="run", data_vars="all").assign_coords(
+        run=np.arange(config.seeds))
+    late = runs.time > runs.time[runs.time.size // 2]
+    runs = runs.assign(diverged_step=xr.zeros_like(runs.diverged_step) + 3,
+                       parameters=runs.parameters.where(~late, np.nan),
+                       loss=runs.loss.where(~late, np.inf),
+                       cross_amplitude=runs.cross_amplitude.where(~late, 1e300))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = analyse(config, {"gd": gd, "sgd": runs})
+        rows, claim_rows = numbers(ds), claims(ds)
+        figures = golden_path_figures(ds)
+    assert rows[0]["diverged"] == config.seeds and rows[0]["runs"] == 0
+    note = f"{config.seeds} of {config.seeds} runs diverged"
+    assert len(claim_rows) == 5 and all(note in c["measured"] for c in claim_rows)
+    assert all(c["verdict"] == "not testable" for c in claim_rows)
+    assert set(figures) == {"pattern_distances", "distances", "rank_heatmaps", "modes"}
+    from dlnlab.experiments.protocols.golden_path import report_markdown
+
+    timing = {"simulation_seconds": 1.0, "analysis_seconds": 1.0}
+    report = report_markdown(config, ds, rows, claim_rows, [], timing)
+    assert f"| sgd | 0 ({config.seeds} of {config.seeds} diverged) | all {config.seeds} runs diverged |" \
+        in report
+
+
+def test_the_default_example_is_the_default_config_and_lists_every_field():
+    """examples/golden_path_default.toml is what `dlnlab golden-path` runs without a config, and
+    every field of GoldenPathConfig appears in it (a commented line for an optional one), with
+    a comment giving its rule."""
+    import re
+    from pathlib import Path
+
+    from pydantic import BaseModel
+
+    from dlnlab.experiments.protocols.golden_path import GoldenPathConfig
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "golden_path_default.toml"
+    assert load_golden_path_config(path) == load_golden_path_config(None)
+    section, listed = "", set()
+    for line in path.read_text().splitlines():
+        if m := re.match(r"^\[([\w.]+)\]", line):
+            section = m.group(1) + "."
+        elif m := re.match(r"^#? ?(\w+) = .*#", line):
+            listed.add(section + m.group(1))
+
+    def fields(model, prefix=""):
+        for name, info in model.model_fields.items():
+            if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+                yield from fields(info.annotation, prefix + name + ".")
+            else:
+                yield prefix + name
+    missing = sorted(set(fields(GoldenPathConfig)) - listed)
+    assert not missing, missing

@@ -19,6 +19,7 @@ import numpy as np
 import xarray as xr
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from .panels import COLORS, TIME_LABEL, new_figure
 
@@ -52,6 +53,32 @@ def _band(ax, x, mean, low, high, colour, label, *, log=False, style="-") -> Non
     ax.plot(x[ok], mean[ok], color=colour, lw=1.5, ls=style, label=label)
 
 
+def readable_log_axis(axis) -> None:
+    """Label a log-scaled ``axis`` (``ax.xaxis`` / ``ax.yaxis``, call after plotting) without
+    crowded tick labels: minor ticks unlabelled, major labels at powers of ten; a view holding
+    fewer than two of them is labelled at 1, 2, 5 x 10^n, or failing that at every 1..9 x 10^n,
+    in plain numbers (matplotlib's default labels minor ticks there, and they overlap)."""
+    low, high = sorted(float(v) for v in axis.get_view_interval())
+    axis.set_minor_formatter(NullFormatter())
+    if not low > 0:
+        return
+    for subs in ((1.0,), (1.0, 2.0, 5.0), tuple(np.arange(1.0, 10.0))):
+        decades = np.arange(np.floor(np.log10(low)), np.ceil(np.log10(high)) + 1)
+        ticks = (10.0 ** decades[:, None] * np.asarray(subs)).ravel()
+        if np.sum((ticks >= low) & (ticks <= high)) >= 2:
+            break
+    axis.set_major_locator(LogLocator(base=10.0, subs=subs))
+    if len(subs) > 1:
+        axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+
+
+def _loss_level_axis(ax) -> None:
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.set_xlabel("loss level (training goes left to right)")
+    readable_log_axis(ax.xaxis)
+
+
 def _runs(ds: xr.Dataset, arm: str, name: str = "runs_at_checkpoint") -> int:
     return int(ds[name].sel(arm=arm).max())
 
@@ -67,18 +94,18 @@ def pattern_distance_figure(ds: xr.Dataset) -> Figure:
         for arm in ds.arm.values:
             a = ds.sel(arm=arm)
             c, label = _colour(ds, arm), f"{arm_label(arm)} ({_runs(ds, arm)} runs)"
-            _band(axes[row, 0], ds.time, a[name], a[f"{name}_low"], a[f"{name}_high"], c, label)
+            style = _style(arm)
+            _band(axes[row, 0], ds.time, a[name], a[f"{name}_low"], a[f"{name}_high"], c, label,
+                  style=style)
             _band(axes[row, 1], ds.loss_level, a[f"{name}_level"], a[f"{name}_low_level"],
-                  a[f"{name}_high_level"], c, label)
+                  a[f"{name}_high_level"], c, label, style=style)
             if escape is not None:
                 w = a.sel(escape=escape)
                 _band(axes[row, 2], ds.offset, w[f"{name}_window"], w[f"{name}_low_window"],
-                      w[f"{name}_high_window"], c, label)
+                      w[f"{name}_high_window"], c, label, style=style)
         axes[row, 0].set_ylabel(DISTANCE_LABELS[name] + "\n(GD vs mean over runs)")
         axes[row, 0].set_xlabel(TIME_LABEL)
-        axes[row, 1].set_xscale("log")
-        axes[row, 1].invert_xaxis()
-        axes[row, 1].set_xlabel("loss level (training goes left to right)")
+        _loss_level_axis(axes[row, 1])
         axes[row, 2].set_xlabel(f"time from escape {escape} (t - t_esc)" if escape is not None
                                 else "no escape detected")
         axes[row, 2].axvline(0.0, color="0.5", lw=0.8, ls=":")
@@ -89,11 +116,21 @@ def pattern_distance_figure(ds: xr.Dataset) -> Figure:
     axes[0, 0].set_title("aligned by time")
     axes[0, 1].set_title("aligned by loss level")
     axes[0, 2].set_title("escape-centred window" if escape is not None else "no escape detected")
-    axes[0, 0].legend(fontsize=8, loc="best")
+    if axes[0, 0].get_legend_handles_labels()[0]:
+        axes[0, 0].legend(fontsize=8, loc="best")
+    else:
+        axes[0, 0].text(0.5, 0.5, "no run to compare (every run diverged?)", ha="center",
+                        va="center", transform=axes[0, 0].transAxes, fontsize=9)
     fig.suptitle(f"GD vs the mean pattern of the runs ({int(ds.attrs.get('confidence', 0.95) * 100)}% "
                  "bootstrap bands)")
     fig.tight_layout()
     return fig
+
+
+def _style(arm: str) -> str:
+    """Dashed for the batch switch: it shares online SGD's noise until the switch, so a solid
+    curve would hide online SGD's."""
+    return "--" if arm == "batch_switch" else "-"
 
 
 def _first_escape(ds: xr.Dataset):
@@ -115,11 +152,10 @@ def distance_figure(ds: xr.Dataset) -> Figure:
                 _band(ax, x, a[f"{name}_mean{suffix}"], a[f"{name}_low{suffix}"],
                       a[f"{name}_high{suffix}"], c, label, log=True, style=style)
     axes[0, 0].set_xlabel(TIME_LABEL)
-    axes[0, 1].set_xlabel("loss level (training goes left to right)")
-    axes[0, 1].set_xscale("log")
-    axes[0, 1].invert_xaxis()
+    _loss_level_axis(axes[0, 1])
     for ax in axes[0]:
         ax.set_yscale("log")
+        readable_log_axis(ax.yaxis)
         ax.set_ylabel("relative distance to GD (mean over runs)")
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8, frameon=False)
@@ -207,6 +243,7 @@ def mode_figure(ds: xr.Dataset, arm: str | None = None) -> Figure:
                 if np.isfinite(r):
                     ax.axvline(r, color="k", ls=style, lw=0.8)
             ax.set_yscale("log")
+            readable_log_axis(ax.yaxis)
             ax.set_title(f"mode {m + 1} (s = {s:.3g}), {int((~a.diverged).sum())} runs", fontsize=9)
             ax.set_xlabel(TIME_LABEL)
             ax.set_ylabel("coefficient / s_a")
@@ -215,6 +252,7 @@ def mode_figure(ds: xr.Dataset, arm: str | None = None) -> Figure:
         ax.plot(t, np.nanmean(a.cross_energy_fraction.values, 0), color=_colour(ds, arm),
                 label=f"{arm_label(arm)} (mean)")
         ax.set_yscale("log")
+        readable_log_axis(ax.yaxis)
         ax.set_xlabel(TIME_LABEL)
         ax.set_ylabel("$E_{cross} / E_{tot}$")
         ax.set_title("cross-mode energy fraction", fontsize=9)

@@ -14,7 +14,7 @@ this package chooses the arms (:mod:`.config`), the aligned checkpoints and aggr
 from __future__ import annotations
 
 from ...study import Study
-from .analysis import analyse
+from .analysis import analyse, describe
 from .command import report_markdown, run_arms, run_golden_path
 from .config import (
     BUILTIN_ARMS,
@@ -58,6 +58,6 @@ def golden_path_study(config: GoldenPathConfig | None = None) -> Study:
                  numbers=numbers, claims=claims, figure=figure)
 
 
-__all__ = ["BUILTIN_ARMS", "GoldenPathConfig", "analyse", "arm_configs", "arm_names", "claims",
+__all__ = ["BUILTIN_ARMS", "GoldenPathConfig", "analyse", "arm_configs", "arm_names", "claims", "describe",
            "golden_path_study", "load_golden_path_config", "numbers", "reference_arm",
            "report_markdown", "run_arms", "run_golden_path", "validate_golden_path"]

@@ -262,7 +262,8 @@ def analyse(config: GoldenPathConfig, datasets: Mapping[str, xr.Dataset]) -> xr.
         frac_interval = _interval(per_run_fraction[:, None], config, seed)
         ref_fraction = gp.cross_before_diagonal_fraction(np.asarray(ref_cross)[None],
                                                          np.asarray(ref_diag)[None], horizon)[0]
-        e_cross, e_fraction = gp.cross_mode_energy(coeff)
+        with np.errstate(over="ignore", invalid="ignore"):   # diverged runs: labelled, left out
+            e_cross, e_fraction = gp.cross_mode_energy(coeff)
         _, ref_e_fraction = gp.cross_mode_energy(ref_coeff)
         diagonal = np.abs(np.diagonal(coeff, axis1=-2, axis2=-1))
         off = np.abs(coeff) + np.where(np.eye(rank, dtype=bool), -np.inf, 0.0)
@@ -333,7 +334,7 @@ def _to_dataset(config, per_arm, times, levels, offsets, heat_times, rank, seeds
             lambda a, k=key: reshape(a[k]["runs_at_checkpoint"]))
     t = "on_time"
     put("rank_matrix_mean", ("arm", "time", "row", "column"),
-        lambda a: np.nanmean(a[t]["rank_matrix"], axis=0))
+        lambda a: _nanmean_runs(a[t]["rank_matrix"]))
     put("reference_rank_matrix", ("arm", "time", "row", "column"), lambda a: a[t]["reference_rank_matrix"])
     put("gap_ratio", ("arm", "run", "time", "product"), lambda a: a[t]["gap_ratio"])
     put("reference_gap_ratio", ("arm", "time", "product"), lambda a: a[t]["reference_gap_ratio"])
@@ -344,7 +345,7 @@ def _to_dataset(config, per_arm, times, levels, offsets, heat_times, rank, seeds
     put("layer_distance", ("arm", "run", "time", "layer"), lambda a: a[t]["layer_distance"])
     put("reference_parameter_norm", ("arm", "time"), lambda a: a[t]["reference_parameter_norm"])
     put("heatmap_rank_matrix_mean", ("arm", "checkpoint", "row", "column"),
-        lambda a: np.nanmean(a["heat"]["runs"], axis=0))
+        lambda a: _nanmean_runs(a["heat"]["runs"]))
     put("heatmap_reference_rank_matrix", ("arm", "checkpoint", "row", "column"),
         lambda a: a["heat"]["reference"])
     put("level_time", ("arm", "run", "level"), lambda a: a["at_level"])
@@ -392,7 +393,17 @@ def _to_dataset(config, per_arm, times, levels, offsets, heat_times, rank, seeds
     ds.attrs.update({f"rule_{k}": v for k, v in config.claims.model_dump().items()})
     from .config import config_to_toml
     ds.attrs["config_toml"] = config_to_toml(config)
-    return ds
+    return describe(ds, config)
+
+
+def _nanmean_runs(x) -> np.ndarray:
+    """Mean over axis 0 (runs) of the finite entries; NaN without a warning where none is finite
+    (every run diverged)."""
+    x = np.asarray(x, dtype=np.float64)
+    finite = np.isfinite(x)
+    count = finite.sum(axis=0)
+    total = np.where(finite, x, 0.0).sum(axis=0)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def _reshape_runs(x, n_esc, n_off, axis):
@@ -400,3 +411,226 @@ def _reshape_runs(x, n_esc, n_off, axis):
     if axis != "window":
         return x
     return x.reshape((x.shape[0], n_esc, n_off) + x.shape[2:])
+
+
+# ------------------------------------------------------------------------------ variable attributes
+TIME_UNITS = "t = step x learning rate"
+_AXES = {
+    "": ("time", "at every record time (dim time)", "runs_at_checkpoint"),
+    "_level": ("level", "at each run's first crossing of the loss level loss_level (dim level; the "
+                        "reference at its own crossing; weights interpolated linearly in time between "
+                        "the two records around the crossing)", "runs_at_checkpoint_level"),
+    "_window": ("window", "in the window around the reference's escape `escape` at time offset "
+                          "`offset` (t - t_esc; each run at its own escape from the plateau at the "
+                          "same level, match_escapes)", "runs_at_checkpoint_window"),
+}
+_PATTERN_TEXT = {
+    "d_r": ("rank distance d_r", "sum_{i<=j} |r_ij^ref - mean_s r_ij^(s)| of the numerical ranks of "
+                                 "the partial products P_ij (notes §1.1.5)"),
+    "d_m": ("multiplicity distance d_m", "sum_{i<=j} |m_ij^ref - mean_s m_ij^(s)| of the multiplicity "
+                                         "pattern (notes §1.1.3, §1.1.5)"),
+    "d_sigma": ("log-spectrum distance d_sigma", "sum_{i<=j} sum_k |s_ij,k^ref - mean_s s_ij,k^(s)|, "
+                                                 "s = log max(sigma_k(P_ij), floor), top-K values "
+                                                 "(notes §1.2.4)"),
+    "d_shape": ("shape distance d_shape", "as d_sigma on the shape-normalised s~_ij,k = s_ij,k - "
+                                          "s_ij,1 (scale removed; notes §1.2.4); summed over the "
+                                          "product x k entries"),
+    "d_sigma_w": ("length-weighted log-spectrum distance d_sigma,w", "as d_sigma with weights "
+                                                                   "w_ij = j - i + 1 (notes §1.2.4)"),
+}
+_RUN_TEXT = {
+    "relative_parameter_distance": ("relative parameter distance",
+                                    "||theta_ref - theta|| / ||theta_ref||, theta = (vec W_1, ..., "
+                                    "vec W_L)", "1"),
+    "parameter_distance": ("parameter distance", "||theta_ref - theta||, theta = (vec W_1, ..., vec W_L)",
+                           None),
+    "function_distance": ("relative function distance",
+                          "||W_ref - W||_F / ||W_ref||_F of the end-to-end maps W = W_L ... W_1", "1"),
+    "cosine_similarity": ("parameter cosine similarity", "<theta_ref, theta> / (||theta_ref|| ||theta||)",
+                          "1"),
+    "mean_layer_distance": ("mean relative layer distance",
+                            "mean over layers l of ||W_l^ref - W_l||_F / ||W_l^ref||_F", "1"),
+}
+_REFERENCE = "the arm's reference (coordinate reference: gd, or offline_gd for the offline arms)"
+
+
+def _interval_text(config: GoldenPathConfig, what: str, count: str) -> str:
+    m = config.metrics
+    return (f"{100 * m.confidence:g}% percentile bootstrap interval over runs ({m.bootstrap_resamples} "
+            f"resamples of whole runs, {what} recomputed per resample); runs covered: {count}; NaN "
+            "with fewer than 2 runs")
+
+
+def _describe_table(config: GoldenPathConfig) -> dict[str, tuple[str, str, str | None]]:
+    """name -> (long_name, description, units or None) for every data variable of :func:`analyse`."""
+    table: dict[str, tuple[str, str, str | None]] = {}
+    for suffix, (_, where, count) in _AXES.items():
+        for name, (long, rule) in _PATTERN_TEXT.items():
+            base = f"{rule}, between {_REFERENCE} and the mean pattern over the arm's runs, {where}"
+            table[f"{name}{suffix}"] = (long, f"{base}; runs covered: {count}", "1")
+            for end in ("low", "high"):
+                table[f"{name}_{end}{suffix}"] = (
+                    f"{long}, {'lower' if end == 'low' else 'upper'} interval end",
+                    f"{'lower' if end == 'low' else 'upper'} end of the "
+                    + _interval_text(config, "the mean pattern and the distance", count)
+                    + f"; {rule}, {where}", "1")
+        for name, (long, rule, units) in _RUN_TEXT.items():
+            table[f"{name}{suffix}"] = (long, f"per run: {rule}, against {_REFERENCE}, {where}; NaN "
+                                              "where the run is censored or diverged", units)
+            table[f"{name}_mean{suffix}"] = (f"{long}, mean over runs",
+                                             f"mean over the arm's runs of {rule}, {where}; runs "
+                                             f"covered: {count}", units)
+            table[f"{name}_std{suffix}"] = (f"{long}, standard deviation over runs",
+                                            f"sample standard deviation (ddof = 1) over the arm's runs "
+                                            f"of {rule}, {where}; runs covered: {count}", units)
+            for end in ("low", "high"):
+                table[f"{name}_{end}{suffix}"] = (
+                    f"{long}, {'lower' if end == 'low' else 'upper'} interval end of the mean",
+                    f"{'lower' if end == 'low' else 'upper'} end of the "
+                    + _interval_text(config, "the mean", count) + f"; {rule}, {where}", units)
+        table[count] = ("runs at the checkpoint",
+                        f"number of the arm's runs that have the checkpoint {where} and did not "
+                        "diverge (censored runs left out); every statistic on this axis covers "
+                        "these runs (0 where the reference lacks the checkpoint)", "runs")
+    shared = f"at every record time; from {_REFERENCE}"
+    table.update({
+        "loss": ("loss", "per run: the recorded population loss (offline arms: loss on the data set "
+                         "as recorded by the engine)", None),
+        "reference_loss": ("reference loss", f"the loss of {_REFERENCE}", None),
+        "diverged": ("diverged", "per run: True when the run diverged (left out of every statistic)",
+                     None),
+        "rank_matrix_mean": ("mean rank matrix r_ij", "mean over the arm's non-diverged runs of the "
+                             "numerical rank r_ij = #{m: sigma_m(P_ij) > eps sigma_1(P_ij)} of the "
+                             "partial product P_ij = W_j ... W_i (row i, column j; 0 below the "
+                             "diagonal), at every record time", None),
+        "reference_rank_matrix": ("reference rank matrix r_ij", f"r_ij (row i, column j) {shared}",
+                                  None),
+        "gap_ratio": ("gap ratio at the rank threshold", "per run: sigma_r / sigma_{r+1} of P_ij at "
+                      "its numerical rank r (inf: full rank; NaN: r = 0), at every record time; near "
+                      "1 means the rank is ambiguous", "1"),
+        "reference_gap_ratio": ("reference gap ratio", f"sigma_r / sigma_{{r+1}} of P_ij {shared}", "1"),
+        "log_singular_values": ("log singular values", "per run: s_ij,k = log max(sigma_k(P_ij), "
+                                "floor), top-K (k), at every record time; padded with log floor",
+                                "natural log"),
+        "reference_log_singular_values": ("reference log singular values",
+                                          f"s_ij,k = log max(sigma_k(P_ij), floor) {shared}",
+                                          "natural log"),
+        "clipped_multiplicities": ("clipped multiplicities", "per run: number of negative m_ij "
+                                   "(numerical ranks breaking Frobenius's inequality) clipped to 0, "
+                                   "at every record time", "entries"),
+        "layer_distance": ("relative layer distance", "per run and layer l: ||W_l^ref - W_l||_F / "
+                           f"||W_l^ref||_F against {_REFERENCE}, at every record time", "1"),
+        "reference_parameter_norm": ("reference parameter norm", f"||theta_ref|| {shared}", None),
+        "heatmap_rank_matrix_mean": ("mean rank matrix at the heatmap checkpoints",
+                                     "mean over the arm's non-diverged runs of r_ij (row i, column "
+                                     "j) at the first record at or after each heatmap time "
+                                     "(coordinate checkpoint)", None),
+        "heatmap_reference_rank_matrix": ("reference rank matrix at the heatmap checkpoints",
+                                          f"r_ij of {_REFERENCE} at the first record at or after "
+                                          "each heatmap time", None),
+        "level_time": ("loss-level crossing time", "per run: first time the loss reaches loss_level "
+                       "(linear interpolation between records); NaN: never reached (censored) or "
+                       "diverged", TIME_UNITS),
+        "reference_level_time": ("reference loss-level crossing time",
+                                 f"first time the loss of {_REFERENCE} reaches loss_level", TIME_UNITS),
+        "escape_time": ("escape time", "per run: its escape from the plateau at the level of the "
+                        "reference's escape `escape` (escape rule and match_escapes, "
+                        "docs/golden-path.md); NaN: no matching escape (censored) or diverged",
+                        TIME_UNITS),
+        "reference_escape_time": ("reference escape time",
+                                  f"the escapes of {_REFERENCE} in order (dim escape, 1-based); NaN "
+                                  "past its last escape (the dim has metrics.escape.max_escapes "
+                                  "entries)", TIME_UNITS),
+        "t_cross": ("cross-mode passage time t_cross", "per run and teacher mode a: first time "
+                    "max_{b != a} |w_ab| <= cross_threshold x s_1 (counted from the record where it "
+                    "peaks when metrics.cross_from_peak); NaN: not reached by the horizon", TIME_UNITS),
+        "t_diag": ("diagonal passage time t_diag", "per run and teacher mode a: first time |w_aa| >= "
+                   "diagonal_fraction x s_a; NaN: not reached by the horizon", TIME_UNITS),
+        "reference_t_cross": ("reference t_cross", f"t_cross per mode of {_REFERENCE}", TIME_UNITS),
+        "reference_t_diag": ("reference t_diag", f"t_diag per mode of {_REFERENCE}", TIME_UNITS),
+        "cross_before_diagonal": ("fraction with t_cross < t_diag",
+                                  "cross_before_diagonal_pairs / cross_before_diagonal_total over the "
+                                  "(mode, run) pairs of the non-diverged runs (censoring rule: "
+                                  "docs/golden-path.md)", "1"),
+        **{f"cross_before_diagonal_{end}": (
+            f"fraction with t_cross < t_diag, {'lower' if end == 'low' else 'upper'} interval end",
+            f"{'lower' if end == 'low' else 'upper'} end of the "
+            + _interval_text(config, "the mean of each run's own fraction", "the runs with at least "
+                             "one decided pair")
+            + "; censoring rule: docs/golden-path.md", "1") for end in ("low", "high")},
+        "cross_before_diagonal_pairs": ("pairs with t_cross < t_diag",
+                                        "number of (mode, run) pairs counted as t_cross < t_diag",
+                                        "pairs"),
+        "cross_before_diagonal_total": ("decided pairs", "number of (mode, run) pairs whose order is "
+                                        "known (neither time reached: left out)", "pairs"),
+        "reference_cross_before_diagonal": ("reference fraction with t_cross < t_diag",
+                                            f"the fraction over the modes of {_REFERENCE}", "1"),
+        "cross_energy_fraction": ("cross-mode energy fraction", "per run: E_cross / E_tot, E_cross = "
+                                  "sum_{a != b} w_ab^2, E_tot = sum_ab w_ab^2, w_ab = u_a^T W v_b, at "
+                                  "every record time", "1"),
+        "cross_energy": ("cross-mode energy", "per run: E_cross = sum_{a != b} w_ab^2, w_ab = u_a^T W "
+                         "v_b, at every record time", None),
+        "reference_cross_energy_fraction": ("reference cross-mode energy fraction",
+                                            f"E_cross / E_tot {shared}", "1"),
+        "diagonal_coefficient": ("diagonal mode coefficient", "per run and teacher mode a: |w_aa| = "
+                                 "|u_a^T W v_a|, at every record time", None),
+        "cross_coefficient_max": ("largest cross-mode coefficient", "per run and teacher mode a: "
+                                  "max_{b != a} |w_ab|, at every record time", None),
+        "reference_diagonal_coefficient": ("reference diagonal mode coefficient", f"|w_aa| {shared}",
+                                           None),
+        "reference_cross_coefficient_max": ("reference largest cross-mode coefficient",
+                                            f"max_{{b != a}} |w_ab| {shared}", None),
+        "balance_residual": ("balance residual", "per run and adjacent layer pair l: r_l = ||W_l W_l^T "
+                             "- W_{l+1}^T W_{l+1}||_F / (||W_l W_l^T||_F + ||W_{l+1}^T W_{l+1}||_F) "
+                             "(0 = balanced; docs/results.md), at every record time", "1"),
+        "reference_balance_residual": ("reference balance residual", f"balance residual {shared}", None),
+    })
+    return table
+
+
+def describe(ds: xr.Dataset, config: GoldenPathConfig) -> xr.Dataset:
+    """Set ``long_name``, ``description`` and (where they apply) ``units`` on every data variable
+    and coordinate of the Golden-Path dataset; raises ``KeyError`` naming a variable that has no
+    description (a new variable must be described here)."""
+    table = _describe_table(config)
+    missing = [name for name in ds.data_vars if name not in table]
+    if missing:
+        raise KeyError(f"golden-path variables without a description: {missing}")
+    for name in ds.data_vars:
+        long, text, units = table[name]
+        ds[name].attrs.update(long_name=long, description=text)
+        if units is not None:
+            ds[name].attrs["units"] = units
+    coords = {
+        "arm": ("arm", "the arm (method and data; docs/golden-path.md, The arms)", None),
+        "time": ("time", "record time (the same in every arm)", TIME_UNITS),
+        "level": ("loss-level index", "index of the loss level (coordinate loss_level)", None),
+        "layer": ("layer", "layer l of W_l, 1-based", None),
+        "pair": ("layer pair", "adjacent layers (l, l + 1), l 1-based", None),
+        "offset": ("offset from the escape", "t - t_esc inside the escape-centred window", TIME_UNITS),
+        "checkpoint": ("heatmap time", "times of the rank heatmaps (metrics.heatmap_times, or the "
+                       "reference's escapes and the horizon)", TIME_UNITS),
+        "loss_level": ("loss level", "geometric levels between GD's initial and final loss (above the "
+                       "label-noise floor)", None),
+        "run": ("run", "run index (every run starts from run 0's weights; runs differ in their noise)",
+                None),
+        "escape": ("escape", "the reference's escapes, 1-based", None),
+        "product": ("partial product", "index of P_ij = W_j ... W_i in product_pairs order", None),
+        "product_i": ("first layer i of P_ij", "i of the partial product P_ij = W_j ... W_i", None),
+        "product_j": ("last layer j of P_ij", "j of the partial product P_ij = W_j ... W_i", None),
+        "k": ("singular value index", "k-th largest singular value (top-K)", None),
+        "row": ("i of r_ij", "first layer of the partial product", None),
+        "column": ("j of r_ij", "last layer of the partial product", None),
+        "mode": ("teacher mode", "index a of the teacher's singular value s_a", None),
+        "spectrum": ("teacher singular value s_a", "the teacher's non-zero singular values", None),
+        "reference": ("reference arm", "the GD arm each arm is compared with", None),
+    }
+    missing = [name for name in ds.coords if name not in coords]
+    if missing:
+        raise KeyError(f"golden-path coordinates without a description: {missing}")
+    for name, (long, text, units) in coords.items():
+        if name in ds.coords:
+            ds[name].attrs.update(long_name=long, description=text)
+            if units is not None:
+                ds[name].attrs["units"] = units
+    return ds

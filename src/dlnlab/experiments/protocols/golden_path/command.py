@@ -58,6 +58,10 @@ def run_golden_path(config_path, overrides, out, *, quiet: bool = False) -> Path
     from rich.console import Console
 
     config = load_golden_path_config(config_path, overrides)
+    if out is not None and not isinstance(out, (str, Path)):
+        raise ValueError(f"out={out!r}: must be a folder path (str or pathlib.Path) or None")
+    if not isinstance(quiet, bool):
+        raise ValueError(f"quiet={quiet!r}: must be True or False")
     out = Path(out) if out is not None else Path("golden-path") / config.name
     if out.exists() and not out.is_dir():
         raise ValueError(f"out={str(out)!r}: is a file, not a folder")
@@ -109,6 +113,34 @@ def _interval(row: dict, name: str) -> str:
     return f"{format_number(row[name])} [{format_number(low)}, {format_number(high)}]"
 
 
+def _diverged_cell(row: dict, ds: xr.Dataset) -> str:
+    return f" ({row['diverged']} of {ds.run.size} diverged)" if row["diverged"] else ""
+
+
+def _record_text(config: GoldenPathConfig, ds: xr.Dataset) -> str:
+    """The record times, and why there are fewer than ``record.points``."""
+    points = config.record.points
+    if ds.time.size == points:
+        return f"{points} record times ({config.record.spacing})"
+    return (f"{ds.time.size} record times (record.points = {points} on the {config.record.spacing} "
+            "grid; times that round to the same step merge, so fewer remain)")
+
+
+def _escape_text(config: GoldenPathConfig, ds: xr.Dataset) -> str:
+    """Each reference's actual escapes (the ``escape`` dim is padded to ``max_escapes`` with NaN)."""
+    esc = config.metrics.escape
+    parts = []
+    for ref in dict.fromkeys(str(r) for r in ds.reference.values):
+        arm = str(ds.arm.values[list(map(str, ds.reference.values)).index(ref)])
+        times = ds.reference_escape_time.sel(arm=arm).values
+        found = times[np.isfinite(times)]
+        parts.append(f"{ref} {found.size} escape{'' if found.size == 1 else 's'}"
+                     + (f" at t = {', '.join(f'{t:.3g}' for t in found)}" if found.size else ""))
+    return (f"{'; '.join(parts)}; each window t_esc - {esc.window:g} ... t_esc + {esc.window:g} "
+            f"with {ds.offset.size} offsets (the dataset's `escape` dim has metrics.escape."
+            f"max_escapes = {esc.max_escapes} entries, NaN past a reference's last escape)")
+
+
 def report_markdown(config: GoldenPathConfig, ds: xr.Dataset, rows: list[dict],
                     claim_rows: list[dict], arms: list[dict], timing: dict) -> str:
     """``golden_path.md``: setup, the three predictions and t_cross < t_diag with numbers and
@@ -124,16 +156,15 @@ def report_markdown(config: GoldenPathConfig, ds: xr.Dataset, rows: list[dict],
              f"gamma = {config.init.gamma:g}, shared by every arm (seed {config.seed})",
              f"- training: learning rate {config.training.learning_rate:g}, batch size "
              f"{config.training.batch_size}, horizon t = {config.training.horizon:g} "
-             f"({config.training.num_steps} steps), {ds.time.size} record times; dtype "
-             f"{config.dtype}",
+             f"({config.training.num_steps} steps), {_record_text(config, ds)}; dtype {config.dtype}",
              f"- arms: GD once; {', '.join(config.arms)} with S = {config.seeds} runs each "
              f"(offline arms on one data set of n = {config.offline_samples}, against GD on that "
              "data set)",
              f"- metrics: rank threshold eps = {config.metrics.rank_threshold:g}, top-K = "
              f"{config.metrics.top_k}, floor {config.metrics.floor:g}, {ds.level.size} loss levels, "
-             f"{config.metrics.escape.max_escapes} escapes x {ds.offset.size} offsets, "
              f"{config.metrics.bootstrap_resamples} bootstrap resamples ({level} percentile "
              "intervals over runs)",
+             f"- escape windows: {_escape_text(config, ds)}",
              f"- run time: {timing['simulation_seconds']:.1f} s simulation (or cache), "
              f"{timing['analysis_seconds']:.1f} s analysis; arms: "
              + ", ".join(f"{a['arm']} ({_seconds(a)})" for a in arms), ""]
@@ -144,11 +175,16 @@ def report_markdown(config: GoldenPathConfig, ds: xr.Dataset, rows: list[dict],
               "2. function distance ‖W_GD − W‖/‖W_GD‖ (small) | 3. d_r (ranks) | 3. d_shape per "
               "entry | 4. t_cross < t_diag (pairs) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        if r["runs"] == 0 and r["diverged"]:
+            gone = f"all {r['diverged']} runs diverged"
+            lines.append(f"| {r['arm']} | 0{_diverged_cell(r, ds)} | " + " | ".join([gone] * 6) + " |")
+            continue
         lo, hi = r["d_shape_interval"]
         entries = ds.product.size * ds.k.size
         shape = (f"{format_number(r['d_shape_per_entry'])} [{format_number(_div(lo, entries))}, "
                  f"{format_number(_div(hi, entries))}]")
-        lines.append(f"| {r['arm']} | {r['runs']} | {_interval(r, 'relative_parameter_distance')} | "
+        lines.append(f"| {r['arm']} | {r['runs']}{_diverged_cell(r, ds)} | "
+                     f"{_interval(r, 'relative_parameter_distance')} | "
                      f"{_interval(r, 'cosine_similarity')} | {_interval(r, 'function_distance')} | "
                      f"{_interval(r, 'd_r')} | {shape} | {format_number(r['cross_before_diagonal'])} "
                      f"({r['cross_before_diagonal_pairs']}; GD "

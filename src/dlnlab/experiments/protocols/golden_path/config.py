@@ -318,7 +318,14 @@ def load_golden_path_config(path: str | Path | None = None,
                             overrides: list[str] | None = None) -> GoldenPathConfig:
     """Read a Golden-Path TOML config (``None``: the defaults) and apply ``key=value`` overrides
     (``seeds=32``, ``training.horizon=50``, ``arms=["sgd"]``); one ``ValueError`` line for any bad
-    file, key or value."""
+    file, key or value, also for a wrong argument type (``path`` not a str/Path, ``overrides``
+    not a list of strings)."""
+    if path is not None and not isinstance(path, (str, Path)):
+        raise ValueError(f"config_path={path!r}: must be a path (str or pathlib.Path) or None")
+    if overrides is not None and (isinstance(overrides, (str, bytes))
+                                  or not isinstance(overrides, (list, tuple))
+                                  or not all(isinstance(item, str) for item in overrides)):
+        raise ValueError(f"overrides={overrides!r}: must be a list of key=value strings")
     data: dict = read_toml(path) if path is not None else {}
     for item in overrides or []:
         apply_override(data, item)

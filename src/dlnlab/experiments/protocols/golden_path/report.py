@@ -54,6 +54,19 @@ def _decide(low: float, high: float, threshold: float, *, above: bool) -> str:
     return "supported" if high < threshold else "refuted" if low > threshold else "not testable"
 
 
+def _nanmean(values) -> float:
+    """Mean of the finite entries; NaN (no warning) when there are none, e.g. every run diverged."""
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else float("nan")
+
+
+def diverged_note(ds: xr.Dataset, arm: str) -> str:
+    """``""``, or ``"; 2 of 2 runs diverged (left out)"`` when some of the arm's runs diverged."""
+    diverged = int(ds.diverged.sel(arm=arm).sum())
+    return f"; {diverged} of {ds.run.size} runs diverged (left out)" if diverged else ""
+
+
 def numbers(ds: xr.Dataset) -> list[dict]:
     """One row per arm: run counts, the final metrics with bootstrap intervals, escapes, the
     cross-before-diagonal fraction and balance."""
@@ -66,7 +79,7 @@ def numbers(ds: xr.Dataset) -> list[dict]:
         runs = int(fin.runs_at_checkpoint)
         row = {"arm": str(arm), "reference": str(a.reference.values), "runs": runs,
                "diverged": int(a.diverged.sum()), "confidence": level,
-               "final_loss": float(np.nanmean(fin.loss)),
+               "final_loss": _nanmean(fin.loss),
                "reference_final_loss": float(fin.reference_loss)}
         for name in ("relative_parameter_distance", "function_distance", "cosine_similarity",
                      "mean_layer_distance"):
@@ -93,8 +106,8 @@ def numbers(ds: xr.Dataset) -> list[dict]:
         row["median_t_diag"] = [float(np.nanmedian(a.t_diag.values[:, m])) if
                                 np.isfinite(a.t_diag.values[:, m]).any() else None
                                 for m in range(ds.mode.size)]
-        row["final_balance_residual"] = float(np.nanmean(fin.balance_residual))
-        row["reference_final_balance_residual"] = float(np.nanmean(fin.reference_balance_residual))
+        row["final_balance_residual"] = _nanmean(fin.balance_residual)
+        row["reference_final_balance_residual"] = _nanmean(fin.reference_balance_residual)
         rows.append(row)
     return rows
 
@@ -184,4 +197,7 @@ def claims(ds: xr.Dataset) -> list[dict]:
             {"fraction": frac, "low": lo, "high": hi, "pairs": pairs},
             f"supported if the interval's lower end > {thr:g}; refuted if its upper end < {thr:g}",
             _decide(lo, hi, thr, above=True)))
+        note = diverged_note(ds, arm)
+        for row in out[-5:]:
+            row["measured"] += note
     return out
