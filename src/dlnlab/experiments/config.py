@@ -61,6 +61,15 @@ MAX_KEY_DEPTH = 8
 """Most dotted parts in a ``--set`` key (the deepest config field has 3)."""
 
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+
+
+def check_folder_name(value: str) -> str:
+    """The rule for a ``name`` that becomes a folder (``runs/<name>``, ``golden-path/<name>``):
+    a pydantic field validator's body (raises ``ValueError`` with the rule)."""
+    if not _NAME.fullmatch(value):
+        raise ValueError("must be one folder name: 1-100 letters, digits, '-', '_' or '.', "
+                         "not starting with '.'")
+    return value
 _KEY_PART = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -287,10 +296,7 @@ class _ExperimentBase(_Model):
     @field_validator("name")
     @classmethod
     def _name(cls, value):
-        if not _NAME.fullmatch(value):
-            raise ValueError("must be one folder name: 1-100 letters, digits, '-', '_' or '.', "
-                             "not starting with '.'")
-        return value
+        return check_folder_name(value)
 
     @field_validator("methods")
     @classmethod

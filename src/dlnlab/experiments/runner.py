@@ -61,7 +61,8 @@ def progress_factory(progress, label: str = ""):
     return factory
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """``12.3 s``, ``4 min 05 s`` or ``2 h 07 min``: durations in progress lines."""
     if seconds < 60:
         return f"{seconds:.1f} s"
     minutes, seconds = divmod(int(round(seconds)), 60)
@@ -97,13 +98,14 @@ def line_progress_factory(stream=None, label: str = "", every_seconds: float | N
                 return
             state["last"] = now
             percent = 100.0 * done / total_now if total_now else 100.0
-            line = f"{name}: {done}/{total_now} steps ({percent:.0f}%), {_duration(now - start)} elapsed"
+            line = (f"{name}: {done}/{total_now} steps ({percent:.0f}%), "
+                    f"{format_duration(now - start)} elapsed")
             base_done, base_time = state["base"]
             if done >= total_now:
                 line += ", done"
             elif done > base_done and now > base_time:
                 left = (total_now - done) * (now - base_time) / (done - base_done)
-                line += f", ~{_duration(left)} left"
+                line += f", ~{format_duration(left)} left"
             print(line, file=out, flush=True)
         return update
     return factory

@@ -19,6 +19,7 @@ from pathlib import Path
 import xarray as xr
 
 from .. import __version__
+from ..experiments.runner import format_duration
 from .chunks import ChunkOutcome, ChunkSpec
 from .config import SweepConfig, load_sweep, sweep_to_toml
 from .executors import Executor, InProcessExecutor
@@ -143,13 +144,13 @@ class SweepProgress:
         line = (f"sweep {self.name}: {done_points}/{self.total_points} points, {done_runs}/"
                 f"{self.total_runs} runs ({100.0 * done_runs / max(self.total_runs, 1):.0f}%"
                 f"{f', {new} run now' if self.base_runs else ''}), "
-                f"{rate:.3g} runs/s, {_duration(elapsed)} elapsed")
+                f"{rate:.3g} runs/s, {format_duration(elapsed)} elapsed")
         if failed:
             line += f", {failed} chunks failed"
         if done_runs >= self.total_runs:
             line += ", done"
         elif rate > 0:
-            line += f", ~{_duration((self.total_runs - done_runs) / rate)} left"
+            line += f", ~{format_duration((self.total_runs - done_runs) / rate)} left"
         print(line, file=self.stream, flush=True)
 
 
@@ -201,13 +202,6 @@ def _free_bytes(out: Path) -> float | None:
         return float(shutil.disk_usage(path).free)
     except OSError:
         return None
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, seconds = divmod(int(round(seconds)), 60)
-    return f"{minutes} min {seconds:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def run_sweep(sweep: SweepConfig, out: str | Path, *, executor: Executor | None = None,

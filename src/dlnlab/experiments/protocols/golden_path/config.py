@@ -13,7 +13,6 @@ method and its sampling randomness. Source: experiment notes §1
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Literal
 
@@ -27,12 +26,11 @@ from ...config import (
     TaskConfig,
     TrainingConfig,
     apply_override,
+    check_folder_name,
     format_error,
     read_toml,
     validate_config,
 )
-
-_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 
 #: Built-in arms: name -> (method, data set, sampling with replacement, batch-size switch).
 BUILTIN_ARMS: dict[str, str] = {
@@ -193,10 +191,7 @@ class GoldenPathConfig(_Model):
     @field_validator("name")
     @classmethod
     def _name(cls, value):
-        if not _NAME.fullmatch(value):
-            raise ValueError("must be one folder name: 1-100 letters, digits, '-', '_' or '.', "
-                             "not starting with '.'")
-        return value
+        return check_folder_name(value)
 
     @field_validator("arms")
     @classmethod
