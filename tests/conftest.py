@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 
 import dlnlab as d
+from dlnlab.cli import _set_xla_flags
 
+# The CLI's XLA flags (YNNPACK fusion off, one host device per core), set before JAX's backend
+# starts, as `dlnlab` sets them at process start. Without this, the first test that calls
+# `dlnlab.cli.main` would change os.environ["XLA_FLAGS"] after the backend had started with
+# other flags, and the Dask executor, which hands the driver's flags to its workers, would give
+# them flags the driver's own numbers were not computed with (1 ulp apart in float32).
+_set_xla_flags()
 jax.config.update("jax_enable_x64", True)
 
 # 5 standard errors: a false alarm has probability ~6e-7 per scalar comparison.
