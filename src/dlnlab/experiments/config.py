@@ -207,6 +207,11 @@ class InitConfig(_Model):
     shared: bool = Field(False, description="every run starts from run 0's initial weights "
                                             "(only the sampling randomness differs across runs; "
                                             "the Golden-Path arms)")
+    at_minimum: bool = Field(False, description="move each run's draw to the nearest global "
+                                                "minimum of the training loss by changing W_1 only "
+                                                "(dlnlab.theory.project_to_minimum; depth 1: the "
+                                                "least-squares solution): the fluctuation studies "
+                                                "start at a solution")
 
 
 class SwitchConfig(_Model):
@@ -328,6 +333,14 @@ class _ExperimentBase(_Model):
                     raise FieldError("record.variables", self.record.variables,
                                      f"'parameters' (the weights) is not defined for {name!r}, "
                                      "whose state is the mode amplitudes; remove one of them")
+        if self.init.at_minimum and min(self.task.widths[1:], default=self.task.d_out) < \
+                self.task.d_out:
+            raise FieldError("init.at_minimum", True,
+                             f"needs every hidden width >= d_out = {self.task.d_out} (a global "
+                             f"minimum with these upper layers; task.hidden = {self.task.hidden})")
+        if self.init.at_minimum and self.init.kind == "aligned":
+            raise FieldError("init.at_minimum", True, "an aligned init is placed at its mode "
+                             "amplitudes; use init.kind = 'gaussian' or 'balanced'")
         if not self.task.num_samples and not self.training.replacement:
             raise FieldError("training.replacement", False,
                              "sampling without replacement needs a data set (task.num_samples > "

@@ -68,17 +68,41 @@ def initial_weights(config: ExperimentConfig, num_runs: int | None = None, task:
     keys = run_keys(jax.random.fold_in(jax.random.key(config.seed), _INIT), num_runs)
     if config.init.shared:
         keys = jnp.broadcast_to(keys[:1], keys.shape)
+    return initial_weights_for_keys(config, keys, task)
+
+
+def initial_weights_for_keys(config: ExperimentConfig, keys, task: Task | None = None):
+    """Initial weights of the runs with init ``keys`` ``(R,)``: tuple of ``(R, d_l, d_{l-1})``
+    by ``init.kind``, ``init.gamma`` and ``init.amplitude`` (``aligned``/``balanced``: one run at
+    a time on the host), each moved to a global minimum of the training loss when
+    ``init.at_minimum`` (:func:`dlnlab.theory.project_to_minimum`, in the task's precision)."""
     dtype = jnp.dtype(config.dtype)
+    widths = config.task.widths
     if config.init.kind == "aligned":
         task = build_task(config) if task is None else task
         amps = np.full(task.num_modes, config.init.amplitude)
-        runs = [init_aligned(task, amps, config.task.widths, key=k, dtype=dtype) for k in keys]
-        return tuple(jnp.stack(layer) for layer in zip(*runs, strict=True))
-    if config.init.kind == "balanced":   # a host-side factorisation (SVD), one run at a time
-        runs = [init_balanced(k, config.task.widths, config.init.gamma, dtype=dtype) for k in keys]
-        return tuple(jnp.stack(layer) for layer in zip(*runs, strict=True))
-    return jax.vmap(lambda k: init_gaussian(k, config.task.widths, config.init.gamma,
-                                            dtype=dtype))(keys)
+        runs = [init_aligned(task, amps, widths, key=k, dtype=dtype) for k in keys]
+        weights = tuple(jnp.stack(layer) for layer in zip(*runs, strict=True))
+    elif config.init.kind == "balanced":   # a host-side factorisation (SVD), one run at a time
+        runs = [init_balanced(k, widths, config.init.gamma, dtype=dtype) for k in keys]
+        weights = tuple(jnp.stack(layer) for layer in zip(*runs, strict=True))
+    else:
+        weights = jax.vmap(lambda k: init_gaussian(k, widths, config.init.gamma,
+                                                   dtype=dtype))(keys)
+    if config.init.at_minimum:
+        weights = _at_minimum(weights, build_task(config) if task is None else task, dtype)
+    return weights
+
+
+def _at_minimum(weights, task: Task, dtype):
+    """Each run's weights moved to the nearest global minimum (``project_to_minimum``, in the
+    task's precision, one run at a time on the host), cast to ``dtype``."""
+    from ..theory.fluctuations import project_to_minimum
+
+    runs = [project_to_minimum(tuple(w[i] for w in weights), task)
+            for i in range(weights[0].shape[0])]
+    return tuple(jnp.stack([r[layer] for r in runs]).astype(dtype)
+                 for layer in range(len(weights)))
 
 
 #: Runs whose initial amplitudes place the adaptive record grid's windows: a fixed number, so the

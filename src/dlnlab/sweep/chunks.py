@@ -153,26 +153,11 @@ def point_run_keys(identity: str, stream: int, start: int, stop: int):
 
 
 def initial_weights_for_keys(config, keys, task=None):
-    """Initial weights of the runs with init ``keys`` ``(R,)``: tuple of ``(R, d_l, d_{l-1})``,
-    exactly :func:`dlnlab.experiments.initial_weights`'s rule per key (``init.kind``,
-    ``init.gamma``, ``init.amplitude``; ``aligned``/``balanced`` one run at a time on the host)."""
-    import jax
-    import jax.numpy as jnp
+    """Initial weights of the runs with init ``keys`` ``(R,)``: exactly
+    :func:`dlnlab.experiments.run.initial_weights_for_keys` (one rule for both doors)."""
+    from ..experiments.run import initial_weights_for_keys as rule
 
-    from ..core.weights import init_aligned, init_balanced, init_gaussian
-    from ..experiments import build_task
-
-    dtype = jnp.dtype(config.dtype)
-    widths = config.task.widths
-    if config.init.kind == "aligned":
-        task = build_task(config) if task is None else task
-        amps = np.full(task.num_modes, config.init.amplitude)
-        runs = [init_aligned(task, amps, widths, key=k, dtype=dtype) for k in keys]
-        return tuple(jnp.stack(layer) for layer in zip(*runs, strict=True))
-    if config.init.kind == "balanced":
-        runs = [init_balanced(k, widths, config.init.gamma, dtype=dtype) for k in keys]
-        return tuple(jnp.stack(layer) for layer in zip(*runs, strict=True))
-    return jax.vmap(lambda k: init_gaussian(k, widths, config.init.gamma, dtype=dtype))(keys)
+    return rule(config, keys, task)
 
 
 # ------------------------------------------------------------------ simulation
