@@ -65,3 +65,25 @@ def test_impossible_or_mistyped_requests_are_one_line_errors(changes, field):
         validate_config(data)
     message = str(info.value)
     assert message.startswith(f"{field}=") and "\n" not in message
+
+
+def test_the_solution_init_is_the_balanced_aligned_minimum_online():
+    config = validate_config({
+        "name": "t", "runs": 3, "dtype": "float64", "methods": ["sgd"],
+        "task": {"d_in": 5, "d_out": 4, "hidden": [6, 3], "spectrum": [1.0, 0.5],
+                 "label_noise": 0.3},
+        "init": {"kind": "solution"}})
+    task = build_task(config)
+    weights = initial_weights(config)
+    teacher = np.asarray(task.teacher)
+    for i in range(config.runs):
+        run = tuple(w[i] for w in weights)
+        np.testing.assert_allclose(np.asarray(d.end_to_end(run)), teacher, atol=1e-12)
+        grad = np.concatenate([np.ravel(g) for g in d.gradient(run, task)])
+        assert np.max(np.abs(grad)) < 1e-12
+        for lower, upper in zip(run[:-1], run[1:], strict=False):     # balanced
+            np.testing.assert_allclose(np.asarray(upper.T @ upper), np.asarray(lower @ lower.T),
+                                       atol=1e-12)
+    with pytest.raises(ValueError, match=r"^init.kind='solution': needs a teacher of rank 1..2"):
+        validate_config({"task": {"d_in": 5, "d_out": 4, "hidden": [2], "spectrum": [1, 0.5, 0.2]},
+                         "init": {"kind": "solution"}})

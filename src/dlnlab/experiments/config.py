@@ -195,9 +195,13 @@ class InitConfig(_Model):
     """Initial weights of every run (run i from ``fold_in(key(seed), 1)`` and i; with ``shared``
     every run takes run 0's)."""
 
-    kind: Literal["gaussian", "balanced", "aligned"] = Field(
+    kind: Literal["gaussian", "balanced", "aligned", "solution"] = Field(
         "gaussian", description="gaussian: i.i.d. entries; balanced: W_l^T W_l = W_(l-1) "
-                                "W_(l-1)^T at the same scale; aligned: every mode at amplitude")
+                                "W_(l-1)^T at the same scale; aligned: every mode at amplitude; "
+                                "solution: the balanced, aligned factorisation of the teacher "
+                                "(teacher modes at their singular values, the other modes zero "
+                                "in every layer; Haar hidden bases per run), a global minimum "
+                                "online (offline: add at_minimum)")
     gamma: float = Field(2.0, ge=0.0, le=MAX_INIT_GAMMA,
                          description="entries ~ N(0, fan_in^-gamma) (gamma = 2: variance d^-2; "
                                      "1: the lazy/NTK scale; larger: smaller, richer starts)")
@@ -338,6 +342,12 @@ class _ExperimentBase(_Model):
             raise FieldError("init.at_minimum", True,
                              f"needs every hidden width >= d_out = {self.task.d_out} (a global "
                              f"minimum with these upper layers; task.hidden = {self.task.hidden})")
+        if self.init.kind == "solution":
+            rank = sum(1 for s in self.task.spectrum if s > 0)
+            if rank == 0 or rank > min(self.task.widths):
+                raise FieldError("init.kind", "solution",
+                                 f"needs a teacher of rank 1..{min(self.task.widths)} (the narrowest "
+                                 f"width) to factorise; task.spectrum has rank {rank}")
         if self.init.at_minimum and self.init.kind == "aligned":
             raise FieldError("init.at_minimum", True, "an aligned init is placed at its mode "
                              "amplitudes; use init.kind = 'gaussian' or 'balanced'")

@@ -61,6 +61,8 @@ def initial_weights(config: ExperimentConfig, num_runs: int | None = None, task:
 
     ``aligned``: every mode (teacher modes and the zero modes beyond its rank) at amplitude
     ``init.amplitude``, balanced, with Haar-random hidden bases per run (docs/theory.md §6's manifold).
+    ``solution``: the balanced, aligned factorisation of the teacher (each teacher mode at its
+    singular value, the modes beyond its rank zero in every layer): a global minimum online.
     ``init.shared``: every run starts from run 0's weights (the same key for every run), so runs
     differ only in their sampling randomness (the noise key of run i does not depend on it).
     """
@@ -78,9 +80,13 @@ def initial_weights_for_keys(config: ExperimentConfig, keys, task: Task | None =
     ``init.at_minimum`` (:func:`dlnlab.theory.project_to_minimum`, in the task's precision)."""
     dtype = jnp.dtype(config.dtype)
     widths = config.task.widths
-    if config.init.kind == "aligned":
+    if config.init.kind in ("aligned", "solution"):
         task = build_task(config) if task is None else task
-        amps = np.full(task.num_modes, config.init.amplitude)
+        if config.init.kind == "aligned":
+            amps = np.full(task.num_modes, config.init.amplitude)
+        else:       # the balanced, aligned minimum: teacher modes at s, the rest zero everywhere
+            spectrum = np.asarray(task.spectrum, dtype=np.float64)
+            amps = spectrum[:int(np.sum(spectrum > 0))]
         runs = [init_aligned(task, amps, widths, key=k, dtype=dtype) for k in keys]
         weights = tuple(jnp.stack(layer) for layer in zip(*runs, strict=True))
     elif config.init.kind == "balanced":   # a host-side factorisation (SVD), one run at a time
