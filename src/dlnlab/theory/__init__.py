@@ -1,4 +1,4 @@
-"""Theory: closed forms and quadratures with the simulator's inputs and outputs (docs/theory.md §6-§12).
+"""Theory: closed forms and quadratures with the simulator's inputs and outputs (docs/theory.md §6-§13).
 
 Per-mode functions take ``amplitudes``/``spectrum`` with the same trailing mode axis as
 ``dlnlab.mode_amplitudes`` and return arrays of that shape, so a plot overlay and a test
@@ -25,8 +25,10 @@ from .fluctuations import (
     single_layer_discrete_covariance,
     stationary_covariance,
     training_loss_hessian,
+    transient_covariance,
     two_layer_relaxation_rates,
     two_layer_second_layer_theory,
+    window_covariance,
 )
 from .gradient_flow import (
     gradient_flow_curve,
@@ -41,6 +43,17 @@ from .linear_regression import (
     isotropic_covariance,
     single_layer_fluctuations,
     solve_lyapunov,
+)
+from .mean_shift import (
+    MeanShift,
+    mode_amplitude_expansion,
+    mode_layer_scales,
+    per_sample_hessian_excess,
+    rank_one_mean_shift,
+    sgd_discrete_covariance,
+    solution_weights,
+    stationary_mean_shift,
+    third_derivative_contraction,
 )
 from .peak import DiffusionPeak, diffusion_peak, global_threshold, local_threshold
 from .reduced import gradient_flow_drift, reduced_diffusion, reduced_drift, reduced_ito_drift
@@ -59,6 +72,7 @@ __all__ = [
     "FlatnessFit",
     "LinearisedFluctuations",
     "LyapunovSolution",
+    "MeanShift",
     "Relaxation",
     "SingleLayerFluctuations",
     "StationaryFluctuations",
@@ -81,24 +95,34 @@ __all__ = [
     "learning_time",
     "linearised_fluctuations",
     "local_threshold",
+    "mode_amplitude_expansion",
+    "mode_layer_scales",
     "mode_summary",
     "ou_relaxation",
+    "per_sample_hessian_excess",
     "project_to_minimum",
+    "rank_one_mean_shift",
     "reachable_modes",
     "reduced_diffusion",
     "reduced_drift",
     "reduced_ito_drift",
     "sample_space_matrix",
     "sample_space_projector",
+    "sgd_discrete_covariance",
     "single_layer_discrete_covariance",
     "single_layer_fluctuations",
+    "solution_weights",
     "solve_lyapunov",
     "stationary_covariance",
     "stationary_density",
     "stationary_law_exists",
     "stationary_log_density",
+    "stationary_mean_shift",
     "stationary_moments",
+    "third_derivative_contraction",
     "training_loss_hessian",
+    "transient_covariance",
     "two_layer_relaxation_rates",
     "two_layer_second_layer_theory",
+    "window_covariance",
 ]

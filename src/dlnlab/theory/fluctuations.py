@@ -211,6 +211,80 @@ def ou_relaxation(drift, diffusion, learning_rate, solution, initial, times, *,
     return Relaxation(omega, basis, z_star, mean, var, excess)
 
 
+def _transient_factors(omega, eta, times, discrete):
+    """``(T, r)`` per-mode decay ``e^{-omega t}`` (continuous) or ``(1 - eta omega)^{t/eta}``
+    (discrete SGD, ``t = step * eta``)."""
+    t = times[:, None]
+    if discrete:
+        return np.exp(t / eta * np.log1p(-eta * omega)[None, :])
+    return np.exp(-t * omega[None, :])
+
+
+def _transient_inputs(drift, diffusion, learning_rate, times, discrete, rank_rtol):
+    h = _symmetric("drift", drift, psd=True)
+    c = _symmetric("diffusion", diffusion, h.shape[0], psd=True)
+    v.finite_scalar("learning_rate", learning_rate, minimum=0.0, strict=True)
+    v.finite_scalar("rank_rtol", rank_rtol, minimum=0.0, strict=True)
+    t = np.asarray(times, dtype=np.float64).reshape(-1)
+    if t.size == 0:
+        v.fail("times", times, "must hold at least one time")
+    v.finite_array("times", t)
+    if np.any(t < 0):
+        v.fail("times", times, "must be >= 0")
+    eta = float(learning_rate)
+    omega, basis = _range(h, rank_rtol)
+    if discrete:
+        if omega.size and eta * omega.max() >= 2.0:
+            v.fail("learning_rate", eta, f"must be < 2 / largest curvature = "
+                   f"{2.0 / omega.max():.6g} (discrete SGD has no stationary law beyond it)")
+        stationary = basis.T @ _discrete_on_range(c, eta, omega, basis) @ basis
+    else:
+        stationary = basis.T @ _stationary_on_range(c, eta, omega, basis).covariance @ basis
+    return eta, t, omega, basis, stationary
+
+
+def transient_covariance(drift, diffusion, learning_rate, times, *, discrete: bool = False,
+                         rank_rtol: float = _RANK_RTOL) -> np.ndarray:
+    """Covariance of the linearised SGD fluctuations at ``times`` after a start AT the solution
+    (``dtheta(0) = 0``; docs/theory.md §10, beyond the paper).
+
+    Continuous (the OU model of paper eqs. 2.25-2.29): ``M(t) = M - e^{-Ht} M e^{-Ht}``, i.e. in
+    the eigenbasis ``H = V diag(omega) V^T``, ``M~_ij(t) = M~_ij (1 - e^{-(omega_i + omega_j) t})``
+    with ``M`` of :func:`stationary_covariance` (eq. 2.30). ``discrete=True``: SGD on the quadratic
+    with additive noise, ``Sigma_k = Sigma - A^k Sigma A^k``, ``A = I - eta H``, ``k = t / eta``
+    steps, ``Sigma`` of :func:`discrete_stationary_covariance`. Every mode with
+    ``(omega_i + omega_j) t >> 1`` has reached ``M``; slower ones grow like ``eta C~_ij t``.
+
+    Args as :func:`stationary_covariance`; ``times`` ``(T,)`` in ``t = step * eta``, ``>= 0``.
+    Returns ``(T, P, P)``, units of ``theta^2``; zero on the kernel of ``H``. Raises
+    ``ValueError`` for bad matrices, a non-positive learning rate, negative or non-finite times,
+    and (discrete) ``eta omega_max >= 2``.
+    """
+    eta, t, omega, basis, stationary = _transient_inputs(drift, diffusion, learning_rate, times,
+                                                         discrete, rank_rtol)
+    decay = _transient_factors(omega, eta, t, discrete)                    # (T, r)
+    tilde = stationary[None] * (1.0 - decay[:, :, None] * decay[:, None, :])
+    return np.einsum("pi,tij,qj->tpq", basis, tilde, basis)
+
+
+def window_covariance(drift, diffusion, learning_rate, times, *, discrete: bool = False,
+                      rank_rtol: float = _RANK_RTOL) -> np.ndarray:
+    """The mean of :func:`transient_covariance` over ``times`` (a recording window), ``(P, P)``:
+    ``M~_ij (1 - (1/T) sum_t e^{-(omega_i + omega_j) t})`` (or the discrete factors), the
+    expectation of the time-averaged second moment ``(1/T) sum_t dtheta_t dtheta_t^T`` of runs
+    started at the solution. Equals ``M`` (eq. 2.30) on every mode pair relaxed before the window
+    (docs/theory.md §10). Same arguments and errors as :func:`transient_covariance`; memory
+    ``O(P^2)`` whatever the number of times."""
+    eta, t, omega, basis, stationary = _transient_inputs(drift, diffusion, learning_rate, times,
+                                                         discrete, rank_rtol)
+    mean_decay = np.zeros_like(stationary)
+    for chunk in np.array_split(t, max(1, t.size // 64)):
+        decay = _transient_factors(omega, eta, chunk, discrete)
+        mean_decay += np.einsum("ti,tj->ij", decay, decay)
+    tilde = stationary * (1.0 - mean_decay / t.size)
+    return basis @ tilde @ basis.T
+
+
 # ============================================================================ single layer (Sec. II)
 def sample_space_matrix(task: Task) -> Array:
     """The sample-space matrix ``K`` of eq. 2.18, one ``(d_out, d_out)`` block per sample.
@@ -523,7 +597,7 @@ def layer_variance_curvature(covariance, hessian, widths, layer: int) -> Varianc
     variance, vectors = np.linalg.eigh(m[block, block])
     order = np.argsort(variance)[::-1]
     variance, vectors = variance[order], vectors[:, order]
-    curvature = np.einsum("pi,pq,qi->i", vectors, h[block, block], vectors)
+    curvature = np.sum(vectors * (h[block, block] @ vectors), axis=0)     # a_i^T H_ll a_i
     d_l, d_prev = widths[layer], widths[layer - 1]
     directions = np.swapaxes(vectors.T.reshape(-1, d_prev, d_l), 1, 2)
     return VarianceCurvature(variance, curvature, directions)
