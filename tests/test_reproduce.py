@@ -364,8 +364,8 @@ def test_names_resolve_in_paper_order():
     assert split_arguments(["fig3", "fig1"]) == (PAPER, ["fig1", "fig3"])
     assert split_arguments(["sgd-dln", "all"]) == (PAPER, ALL)
     assert get_paper("sgd-dln") is PAPER and DEFAULT_PAPER == "sgd-dln" and PAPERS["sgd-dln"] is PAPER
-    with pytest.raises(ValueError, match=r"paper='gross2024': unknown paper; one of sgd-dln$"):
-        get_paper("gross2024")
+    with pytest.raises(ValueError, match=r"paper='nosuch': unknown paper; one of sgd-dln, gross2024$"):
+        get_paper("nosuch")
 
 
 # ------------------------------------------------------------------- the study contract

@@ -166,7 +166,7 @@ def run(
 @app.command()
 def reproduce(
     names: Annotated[list[str], typer.Argument(
-        help="[PAPER] STUDY... : a paper (default: the first registered, sgd-dln) and its "
+        help="[PAPER] STUDY... : a paper (sgd-dln, the default, or gross2024) and its "
              "studies, or 'all'. An unknown name lists the valid ones.")],
     quick: Annotated[bool, typer.Option(
         "--quick", help="Fewer runs: every study in minutes.")] = False,

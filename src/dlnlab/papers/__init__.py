@@ -2,8 +2,9 @@
 
 ``reproduce("sgd-dln", ["fig3"], quick=True)`` is ``dlnlab reproduce sgd-dln fig3 --quick``
 (the paper's name may be left out for the default paper: ``dlnlab reproduce fig3 --quick``).
-:data:`PAPERS` lists the papers; each has its folder here (``sgd_dln/``: a base config and one
-module per study). ``docs/reproduction.md`` describes the outputs.
+:data:`PAPERS` lists the papers; each has its folder here (``sgd_dln/``, ``gross2024/``: a base
+config and one module per study). ``docs/reproduction.md`` and ``docs/fluctuations.md`` describe
+the outputs.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..experiments.study import Paper
+from .gross2024 import PAPER as GROSS2024
 from .sgd_dln import PAPER as SGD_DLN
 
-PAPERS: dict[str, Paper] = {p.name: p for p in (SGD_DLN,)}
+PAPERS: dict[str, Paper] = {p.name: p for p in (SGD_DLN, GROSS2024)}
 """Every paper by name, the default first."""
 
 DEFAULT_PAPER = SGD_DLN.name
@@ -47,8 +49,11 @@ def split_arguments(arguments) -> tuple[Paper, list[str]]:
                          f"{paper.name!r} ({', '.join(paper.names)}) or 'all'")
     unknown = [n for n in names if n != "all" and n not in paper.names]
     if unknown and unknown[0] == arguments[0]:
+        owners = [p.name for p in PAPERS.values() if unknown[0] in p.names]
+        hint = (f"; it is a study of {owners[0]!r}: reproduce {owners[0]} {unknown[0]}" if owners
+                else "")
         raise ValueError(f"name={unknown[0]!r}: neither a paper ({', '.join(PAPERS)}) nor a study "
-                         f"of {paper.name!r} ({', '.join(paper.names)}, all)")
+                         f"of {paper.name!r} ({', '.join(paper.names)}, all){hint}")
     if unknown:           # every name is checked before anything starts, 'all' or not
         raise ValueError(f"name={unknown[0]!r}: unknown study of paper {paper.name!r}; one of "
                          f"{', '.join(paper.names)}, all")
