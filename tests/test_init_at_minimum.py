@@ -87,3 +87,18 @@ def test_the_solution_init_is_the_balanced_aligned_minimum_online():
     with pytest.raises(ValueError, match=r"^init.kind='solution': needs a teacher of rank 1..2"):
         validate_config({"task": {"d_in": 5, "d_out": 4, "hidden": [2], "spectrum": [1, 0.5, 0.2]},
                          "init": {"kind": "solution"}})
+
+
+def test_solution_and_at_minimum_need_a_full_rank_teacher():
+    with pytest.raises(ValueError, match=r"^init.at_minimum=.*full rank d_out = 4"):
+        validate_config({"task": {"d_in": 5, "d_out": 4, "hidden": [6], "spectrum": [1.0, 0.5],
+                                  "num_samples": 20},
+                         "methods": ["sgd"], "init": {"kind": "solution", "at_minimum": True}})
+    config = validate_config({"name": "t", "runs": 2, "dtype": "float64", "methods": ["sgd"],
+                              "task": {"d_in": 5, "d_out": 2, "hidden": [6], "spectrum": [1.0, 0.5],
+                                       "label_noise": 0.3, "num_samples": 20},
+                              "init": {"kind": "solution", "at_minimum": True}})
+    task = build_task(config)
+    run = tuple(w[0] for w in initial_weights(config))
+    grad = np.concatenate([np.ravel(g) for g in d.gradient(run, task)])
+    assert np.max(np.abs(grad)) < 1e-10

@@ -170,7 +170,7 @@ def reproduce(
              "studies, or 'all'. An unknown name lists the valid ones.")],
     quick: Annotated[bool, typer.Option(
         "--quick", help="Fewer runs: every study in minutes.")] = False,
-    out: Annotated[Path | None, typer.Option(
+    out: Annotated[str | None, typer.Option(
         "--out", help="Output folder (default: reproduction[-quick], "
                       "reproduction-PAPER[-quick] for another paper).")] = None,
     fresh: Annotated[bool, typer.Option(

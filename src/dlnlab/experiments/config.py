@@ -201,7 +201,8 @@ class InitConfig(_Model):
                                 "solution: the balanced, aligned factorisation of the teacher "
                                 "(teacher modes at their singular values, the other modes zero "
                                 "in every layer; Haar hidden bases per run), a global minimum "
-                                "online (offline: add at_minimum)")
+                                "online (offline: add at_minimum, which needs a teacher of full "
+                                "rank d_out)")
     gamma: float = Field(2.0, ge=0.0, le=MAX_INIT_GAMMA,
                          description="entries ~ N(0, fan_in^-gamma) (gamma = 2: variance d^-2; "
                                      "1: the lazy/NTK scale; larger: smaller, richer starts)")
@@ -215,7 +216,10 @@ class InitConfig(_Model):
                                                 "minimum of the training loss by changing W_1 only "
                                                 "(dlnlab.theory.project_to_minimum; depth 1: the "
                                                 "least-squares solution): the fluctuation studies "
-                                                "start at a solution")
+                                                "start at a solution. W_1 = A_1^+ W* grows like "
+                                                "1/|W_L ... W_2|: with small upper layers (large "
+                                                "gamma) SGD diverges from there; use gamma <= 1, "
+                                                "balanced or solution")
 
 
 class SwitchConfig(_Model):
@@ -348,6 +352,12 @@ class _ExperimentBase(_Model):
                 raise FieldError("init.kind", "solution",
                                  f"needs a teacher of rank 1..{min(self.task.widths)} (the narrowest "
                                  f"width) to factorise; task.spectrum has rank {rank}")
+        if self.init.at_minimum and self.init.kind == "solution" and \
+                sum(1 for s in self.task.spectrum if s > 0) < self.task.d_out:
+            raise FieldError("init.at_minimum", True,
+                             f"with init.kind = 'solution' needs a teacher of full rank d_out = "
+                             f"{self.task.d_out} (the solution's upper layers have the teacher's "
+                             "rank, so no minimum is reachable by changing W_1)")
         if self.init.at_minimum and self.init.kind == "aligned":
             raise FieldError("init.at_minimum", True, "an aligned init is placed at its mode "
                              "amplitudes; use init.kind = 'gaussian' or 'balanced'")

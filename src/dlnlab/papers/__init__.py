@@ -9,6 +9,7 @@ the outputs.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..experiments.study import Paper
@@ -71,12 +72,29 @@ def reproduce(paper: str | Paper = DEFAULT_PAPER, names="all", *, quick: bool = 
               fresh: bool = False, quiet: bool = False) -> dict:
     """Reproduce studies of ``paper`` (``"all"`` or study names) into ``out`` (default
     :func:`default_out`): figures, datasets, numbers, claims and the report. Returns
-    ``{name: {"seconds", "claims", "folder"}}``."""
+    ``{name: {"seconds", "claims", "folder"}}``. Turns on JAX's float64 mode (as the
+    ``dlnlab`` command does at start): the papers' theory checks run in float64. Every argument
+    is checked before anything runs (one-line ``ValueError``)."""
+    import jax
+
     from ..experiments.study_runner import run_studies
 
+    if not isinstance(paper, Paper) and paper not in PAPERS:
+        owners = [p.name for p in PAPERS.values() if paper in p.names]
+        hint = f"; it is a study of {owners[0]!r}: reproduce({owners[0]!r}, [{paper!r}])" \
+            if owners else ""
+        raise ValueError(f"paper={paper!r}: unknown paper; one of {', '.join(PAPERS)}{hint}")
     paper = get_paper(paper)
     names = paper.resolve(names)
+    for field, value in (("quick", quick), ("fresh", fresh), ("quiet", quiet)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{field}={value!r}: must be true or false")
+    if out is not None and (not isinstance(out, str | os.PathLike) or str(out) == ""):
+        raise ValueError(f"out={out!r}: must be a folder path")
     out = Path(out) if out is not None else default_out(paper, quick)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out={str(out)!r}: exists and is not a folder")
+    jax.config.update("jax_enable_x64", True)
     return run_studies(paper, names, quick=quick, out=out, fresh=fresh, quiet=quiet)
 
 

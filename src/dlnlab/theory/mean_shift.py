@@ -1,5 +1,5 @@
 """The stationary mean shift of each teacher mode from the second-order expansion of the loss
-(docs/theory.md §13; issue item (c) of the second seed, beyond Gross et al. 2024).
+(docs/theory.md §13; beyond the second seed paper, Phys. Rev. Research 6, 033103).
 
 Near a global minimum ``theta*`` (``delta = theta - theta*``), SGD with learning rate ``eta`` and
 batch size ``B`` satisfies *exactly*, online and with replacement,

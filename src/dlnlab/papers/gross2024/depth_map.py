@@ -793,5 +793,5 @@ def _validation(ax, ds):
 
 
 STUDY = Study(NAME, "The inverse variance-flatness exponent over depth, init scale and P/N",
-              "Sec. III C 3, eqs. 3.34, 3.37 (beyond the paper: issue item (a))", experiments,
+              "Sec. III C 3, eqs. 3.34, 3.37 (beyond the paper)", experiments,
               analyse, numbers, claims, figure, data=data)

@@ -1,4 +1,4 @@
-"""discrete (beyond the paper, issue item (b)): the exact stationary covariance of discrete-time
+"""discrete (beyond the paper): the exact stationary covariance of discrete-time
 SGD on one layer beside the continuous-time ``M`` of eq. 2.30, the ``O(lambda)`` gap between
 them, and SGD runs that tell them apart (docs/theory.md §12).
 
@@ -292,7 +292,7 @@ def figure(ds):
         ax.bar(positions + (k - 1) * width, hi, width, color=COLORS[k], alpha=0.35)
         ax.bar(positions + (k - 1) * width, y, width, color=COLORS[k], label=_LABELS[ref])
     ax.axhline(COVARIANCE_TOL, color="k", ls=":", lw=1,
-               label=f"{COVARIANCE_TOL:.0%} (the issue's accuracy mark)")
+               label=f"{COVARIANCE_TOL:.0%} (fig5's accuracy criterion)")
     ax.set_yscale("symlog", linthresh=1e-2)
     ax.set_xticks(positions, [f"λ = {lr:g}\nλω = {s:.2f}" for lr, s in
                               zip(ds.learning_rate.values, ds.scaled_learning_rate.values,
@@ -322,5 +322,5 @@ def figure(ds):
 
 
 STUDY = Study("discrete", "Discrete-time SGD: the exact finite-learning-rate stationary covariance "
-              "and its O(lambda) gap from eq. 2.30", "beyond the paper (issue item (b)); eq. 2.30",
+              "and its O(lambda) gap from eq. 2.30", "beyond the paper; eq. 2.30",
               experiments, analyse, numbers, claims, figure)
