@@ -32,6 +32,11 @@ def get_paper(name: str | Paper) -> Paper:
     return PAPERS[name]
 
 
+def _owning_paper(name) -> str | None:
+    """The first paper with a study called ``name`` (for the hint of an unknown name), or None."""
+    return next((p.name for p in PAPERS.values() if name in p.names), None)
+
+
 def split_arguments(arguments) -> tuple[Paper, list[str]]:
     """``[PAPER] NAME...`` as the command line gives them -> ``(paper, names)``: the first
     argument is a paper if it names one, else a study of the default paper; the studies are
@@ -50,9 +55,8 @@ def split_arguments(arguments) -> tuple[Paper, list[str]]:
                          f"{paper.name!r} ({', '.join(paper.names)}) or 'all'")
     unknown = [n for n in names if n != "all" and n not in paper.names]
     if unknown and unknown[0] == arguments[0]:
-        owners = [p.name for p in PAPERS.values() if unknown[0] in p.names]
-        hint = (f"; it is a study of {owners[0]!r}: reproduce {owners[0]} {unknown[0]}" if owners
-                else "")
+        owner = _owning_paper(unknown[0])
+        hint = f"; it is a study of {owner!r}: reproduce {owner} {unknown[0]}" if owner else ""
         raise ValueError(f"name={unknown[0]!r}: neither a paper ({', '.join(PAPERS)}) nor a study "
                          f"of {paper.name!r} ({', '.join(paper.names)}, all){hint}")
     if unknown:           # every name is checked before anything starts, 'all' or not
@@ -80,9 +84,8 @@ def reproduce(paper: str | Paper = DEFAULT_PAPER, names="all", *, quick: bool = 
     from ..experiments.study_runner import run_studies
 
     if not isinstance(paper, Paper) and paper not in PAPERS:
-        owners = [p.name for p in PAPERS.values() if paper in p.names]
-        hint = f"; it is a study of {owners[0]!r}: reproduce({owners[0]!r}, [{paper!r}])" \
-            if owners else ""
+        owner = _owning_paper(paper)
+        hint = f"; it is a study of {owner!r}: reproduce({owner!r}, [{paper!r}])" if owner else ""
         raise ValueError(f"paper={paper!r}: unknown paper; one of {', '.join(PAPERS)}{hint}")
     paper = get_paper(paper)
     names = paper.resolve(names)
