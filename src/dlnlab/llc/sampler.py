@@ -1,0 +1,366 @@
+"""SGLD estimate of the local learning coefficient (docs/llc.md; Lau, Furman, Wang, Murfet & Wei,
+"The local learning coefficient: a singularity-aware complexity measure", AISTATS 2025, Alg. 1).
+
+At a parameter ``w0`` the local learning coefficient is estimated from the localised, tempered
+posterior
+
+    p(w) ∝ exp(-n beta L_n(w) - (gamma / 2) ||w - w0||^2)
+
+as ``lambda_hat = n beta (E_p[L_n(w)] - L_n(w0))``; ``n beta = n / log n`` by default (the WBIC
+temperature). The expectation is a time average over ``num_draws`` steps after ``num_burnin_steps``
+steps of stochastic-gradient Langevin dynamics, in ``num_chains`` independent chains (vmapped)
+started at ``w0``:
+
+    w <- w + (epsilon / 2) G g + sqrt(epsilon G) xi,   g = -(n beta grad L_B(w) + gamma (w - w0)),
+
+``xi ~ N(0, I)``, ``L_B`` the loss of one random minibatch (or the exact loss), ``G = I`` for plain
+SGLD (the step is blackjax's ``sgld`` kernel with its step size ``epsilon / 2``) and
+``G = 1 / (delta + sqrt(V))`` for the RMSProp-preconditioned variant (Li, Chen, Carlson & Carin,
+AAAI 2016), ``V <- alpha V + (1 - alpha) g^2``.
+
+Diagnostics (all in the returned dataset): the whole-data loss of every chain at every step, the
+distance to ``w0``, a Metropolis-adjusted-Langevin acceptance probability of the chain's current
+proposal computed every ``diagnostic_every`` steps (near 1: the step size resolves the posterior;
+well below 1: the step is too large), each chain's estimate and their spread; chains that diverge,
+leave the localisation region or are not stationary are labelled and warned about, and diverged
+chains are left out of the estimate (the dataset says how many chains it covers).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from typing import Annotated, Literal
+
+import blackjax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pydantic
+import xarray as xr
+from pydantic import BaseModel, ConfigDict, Field
+from scipy import stats
+
+from .. import _validation as v
+from ..core.products import end_to_end
+from .loss_model import LossModel, moment_loss
+
+PositiveFloat = Annotated[float, Field(gt=0.0)]
+PositiveInt = Annotated[int, Field(ge=1)]
+
+MAX_SAMPLER_STEPS = 10_000_000
+"""Largest ``num_burnin_steps + num_draws`` accepted (a typo guard)."""
+
+
+class LearningCoefficientWarning(UserWarning):
+    """A chain diverged, left the localisation region, is not stationary, or the step is too large."""
+
+
+class SamplerSettings(BaseModel):
+    """Settings of the SGLD learning-coefficient estimator (strict, immutable; docs/llc.md).
+
+    Defaults are the published deep-linear-network protocol (Lau et al. 2025, App. J; Furman & Lau
+    2024): ``epsilon = 5e-7``, ``gamma = 1``, ``n beta = n / log n``, 10,000 steps of which 90% are
+    burn-in.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    step_size: PositiveFloat = 5e-7
+    """``epsilon`` (units of the weights squared)."""
+    localisation: Annotated[float, Field(ge=0.0)] = 1.0
+    """``gamma``, the strength of the Gaussian localisation at ``w0``."""
+    inverse_temperature: PositiveFloat | None = None
+    """``n beta``; ``None`` means ``n / log n`` with the loss model's ``n``."""
+    num_chains: PositiveInt = 4
+    num_burnin_steps: Annotated[int, Field(ge=0)] = 9_000
+    num_draws: PositiveInt = 1_000
+    preconditioner: Literal["none", "rmsprop"] = "none"
+    rmsprop_decay: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99
+    """``alpha`` of the RMSProp average of squared gradients."""
+    rmsprop_stabiliser: PositiveFloat = 0.1
+    """``delta`` in ``G = 1 / (delta + sqrt(V))``."""
+    diagnostic_every: PositiveInt = 100
+    """Steps between two acceptance checks; must divide ``num_burnin_steps`` and ``num_draws``."""
+
+    @pydantic.model_validator(mode="after")
+    def _blocks(self):
+        total = self.num_burnin_steps + self.num_draws
+        if total > MAX_SAMPLER_STEPS:
+            raise ValueError(f"num_burnin_steps + num_draws={total}: must be at most {MAX_SAMPLER_STEPS}")
+        for name in ("num_burnin_steps", "num_draws"):
+            value = getattr(self, name)
+            if value % self.diagnostic_every:
+                raise ValueError(f"{name}={value}: must be a multiple of diagnostic_every="
+                                 f"{self.diagnostic_every}")
+        return self
+
+
+def sampler_settings(**fields) -> SamplerSettings:
+    """:class:`SamplerSettings` from keyword fields; a bad value is one line ``field=value: rule``."""
+    try:
+        return SamplerSettings(**fields)
+    except pydantic.ValidationError as error:
+        raise ValueError(_format_error(error, fields)) from None
+
+
+def _format_error(error: pydantic.ValidationError, fields: dict) -> str:
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if not location:
+        return message
+    return f"{location}={v.show(fields.get(location, first.get('input')))}: {message}"
+
+
+def default_inverse_temperature(num_samples: int) -> float:
+    """``n beta = n / log n`` (Watanabe's WBIC temperature)."""
+    return float(num_samples / math.log(num_samples))
+
+
+# ----------------------------------------------------------------------------- the chains
+def _flatten(weights):
+    return jnp.concatenate([w.ravel() for w in weights])
+
+
+def _tree_dot(a, b):
+    return sum(jnp.sum(x * y) for x, y in zip(a, b, strict=True))
+
+
+def _make_chain_runner(num_blocks_burnin: int, num_blocks_draws: int, block: int, rmsprop: bool,
+                       stochastic: bool):
+    """A jitted function of (keys, w0, model arrays, hyperparameters) -> traces. Static structure
+    only: a new step size, localisation, temperature or data set reuses the compiled function."""
+
+    def log_posterior_and_grad(w, w0, sxx, syx, tyy, nbeta, gamma):
+        def negative(weights):
+            fit = moment_loss(end_to_end(weights), sxx, syx, tyy)
+            local = 0.5 * gamma * sum(jnp.sum((a - b) ** 2) for a, b in zip(weights, w0, strict=True))
+            return nbeta * fit + local, fit
+        (value, fit), grad = jax.value_and_grad(negative, has_aux=True)(w)
+        return -value, jax.tree.map(jnp.negative, grad), fit
+
+    def chain(key, w0, model, hyper):
+        key, check_root = jax.random.split(key)
+        step_size, gamma, nbeta, decay, stabiliser = hyper
+        sxx, syx, tyy = model["sxx"], model["syx"], model["tyy"]
+        sgld = blackjax.sgld(lambda w, batch: log_posterior_and_grad(w, w0, batch[0], batch[1], tyy,
+                                                                     nbeta, gamma)[1])
+
+        def minibatch(step_key):
+            if not stochastic:
+                return sxx, syx
+            index = jax.random.randint(step_key, (), 0, model["batch_sxx"].shape[0])
+            return model["batch_sxx"][index], model["batch_syx"][index]
+
+        def one_step(carry, step):
+            w, second_moment = carry
+            step_key, batch_key = jax.random.split(jax.random.fold_in(key, step))
+            batch = minibatch(batch_key)
+            if rmsprop:
+                grad = log_posterior_and_grad(w, w0, batch[0], batch[1], tyy, nbeta, gamma)[1]
+                second_moment = jax.tree.map(lambda s, g: decay * s + (1 - decay) * g * g,
+                                             second_moment, grad)
+                precond = jax.tree.map(lambda s: 1.0 / (stabiliser + jnp.sqrt(s)), second_moment)
+                noise = jax.tree.map(lambda p, k: jax.random.normal(k, p.shape, p.dtype), w,
+                                     _split_like(step_key, w))
+                w = jax.tree.map(lambda p, g, c, z: p + 0.5 * step_size * c * g + jnp.sqrt(step_size * c) * z,
+                                 w, grad, precond, noise)
+            else:
+                w = sgld.step(step_key, w, batch, 0.5 * step_size)
+            fit = moment_loss(end_to_end(w), sxx, syx, tyy)
+            distance = sum(jnp.sum((a - b) ** 2) for a, b in zip(w, w0, strict=True))
+            return (w, second_moment), (fit, distance)
+
+        def acceptance(w, second_moment, check_key):
+            """MALA acceptance probability of one exact-gradient Langevin proposal from ``w``."""
+            if rmsprop:
+                precond = jax.tree.map(lambda s: 1.0 / (stabiliser + jnp.sqrt(s)), second_moment)
+            else:
+                precond = jax.tree.map(jnp.ones_like, w)
+            logp, grad, _ = log_posterior_and_grad(w, w0, sxx, syx, tyy, nbeta, gamma)
+            noise = jax.tree.map(lambda p, k: jax.random.normal(k, p.shape, p.dtype), w,
+                                 _split_like(check_key, w))
+            proposal = jax.tree.map(
+                lambda p, g, c, z: p + 0.5 * step_size * c * g + jnp.sqrt(step_size * c) * z,
+                w, grad, precond, noise)
+            logp_new, grad_new, _ = log_posterior_and_grad(proposal, w0, sxx, syx, tyy, nbeta, gamma)
+
+            def log_q(to, frm, g):  # log N(to; frm + eps/2 G g, eps G) up to a constant
+                r = jax.tree.map(lambda a, b, gg, c: a - b - 0.5 * step_size * c * gg, to, frm, g, precond)
+                return -sum(jnp.sum(x * x / c) for x, c in zip(r, precond, strict=True)) / (2 * step_size)
+
+            log_ratio = logp_new - logp + log_q(w, proposal, grad_new) - log_q(proposal, w, grad)
+            return jnp.where(jnp.isfinite(log_ratio), jnp.exp(jnp.minimum(log_ratio, 0.0)), 0.0)
+
+        def one_block(carry, block_index):
+            carry, (fits, distances) = jax.lax.scan(one_step, carry,
+                                                    block_index * block + jnp.arange(block))
+            check_key = jax.random.fold_in(check_root, block_index)
+            accept = acceptance(carry[0], carry[1], check_key)
+            return carry, (fits, distances, accept)
+
+        second = jax.tree.map(jnp.zeros_like, w0)
+        _, (fits, distances, accept) = jax.lax.scan(one_block, (w0, second),
+                                                     jnp.arange(num_blocks_burnin + num_blocks_draws))
+        return fits.reshape(-1), distances.reshape(-1), accept
+
+    return jax.jit(jax.vmap(chain, in_axes=(0, None, None, None)))
+
+
+def _split_like(key, tree):
+    leaves = jax.tree.leaves(tree)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree.unflatten(jax.tree.structure(tree), list(keys))
+
+
+def _runner(settings: SamplerSettings, stochastic: bool):
+    """The compiled chains for this structure (one compilation per structure, cached by
+    ``functools.lru_cache`` on the static signature)."""
+    block = settings.diagnostic_every
+    return _compiled_runner(settings.num_burnin_steps // block, settings.num_draws // block, block,
+                            settings.preconditioner == "rmsprop", stochastic)
+
+
+_compiled_runner = functools.lru_cache(maxsize=32)(_make_chain_runner)
+
+
+# ----------------------------------------------------------------------------- the estimate
+def estimate_learning_coefficient(weights, loss_model: LossModel, key,
+                                  settings: SamplerSettings | None = None, *,
+                                  warn: bool = True) -> xr.Dataset:
+    """SGLD estimate of the local learning coefficient at ``weights`` (module docstring).
+
+    Args:
+        weights: ``w0``, a tuple ``(W_1, ..., W_L)`` with ``W_l`` of shape ``(d_l, d_{l-1})``.
+        loss_model: the loss ``L_n`` (:mod:`dlnlab.llc.loss_model`), whose ``d_in``, ``d_out``
+            match the weights.
+        key: PRNG key of the chains.
+        settings: :class:`SamplerSettings` (default: the published protocol).
+        warn: emit :class:`LearningCoefficientWarning` for unhealthy chains.
+
+    Returns:
+        ``xr.Dataset`` with ``learning_coefficient`` (mean over the chains that did not diverge),
+        ``learning_coefficient_standard_error`` (their spread / sqrt(count); NaN with one chain),
+        ``chain_learning_coefficient`` (chain), ``loss_trace`` and ``distance_trace`` (chain,
+        step; whole-data loss and ``||w - w0||^2``), ``acceptance`` (chain, check), per-chain
+        flags ``diverged``, ``left_localisation``, ``not_stationary``, and attributes with every
+        setting, ``n``, ``n beta``, ``L_n(w0)``, the number of parameters and of chains used.
+
+    Raises:
+        ValueError: mismatched weights and loss model, non-finite weights, bad settings.
+    """
+    settings = settings if settings is not None else SamplerSettings()
+    if not isinstance(settings, SamplerSettings):
+        v.fail("settings", type(settings).__name__, "must be a dlnlab.llc.SamplerSettings")
+    widths = v.check_weights(weights, loss_model.d_in, loss_model.d_out)
+    dtype = jnp.result_type(*[jnp.asarray(w).dtype for w in weights])
+    w0 = tuple(jnp.asarray(w, dtype=dtype) for w in weights)
+    for index, w in enumerate(w0):
+        v.finite_array(f"weights[{index}]", w)
+    nbeta = (settings.inverse_temperature if settings.inverse_temperature is not None
+             else default_inverse_temperature(loss_model.num_samples))
+    model = {"sxx": jnp.asarray(loss_model.input_moment, dtype),
+             "syx": jnp.asarray(loss_model.cross_moment, dtype),
+             "tyy": jnp.asarray(loss_model.target_moment, dtype)}
+    if loss_model.stochastic:
+        model["batch_sxx"] = jnp.asarray(loss_model.batch_input_moments, dtype)
+        model["batch_syx"] = jnp.asarray(loss_model.batch_cross_moments, dtype)
+    hyper = tuple(jnp.asarray(x, dtype) for x in (settings.step_size, settings.localisation, nbeta,
+                                                  settings.rmsprop_decay, settings.rmsprop_stabiliser))
+    keys = jax.random.split(key, settings.num_chains)
+    fits, distances, accept = _runner(settings, loss_model.stochastic)(keys, w0, model, hyper)
+    fits, distances, accept = (np.asarray(a, dtype=np.float64) for a in (fits, distances, accept))
+    initial = float(moment_loss(end_to_end(w0), model["sxx"], model["syx"], model["tyy"]))
+    return _dataset(fits, distances, accept, initial, nbeta, settings, loss_model, widths, warn)
+
+
+def _dataset(fits, distances, accept, initial, nbeta, settings, loss_model, widths, warn) -> xr.Dataset:
+    burn = settings.num_burnin_steps
+    draws = fits[:, burn:]
+    num_parameters = int(sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=True)))
+    per_chain = nbeta * (draws.mean(axis=1) - initial)
+    region = (float(stats.chi2.ppf(0.999, num_parameters) / settings.localisation)
+              if settings.localisation > 0 else math.inf)
+    diverged = ~np.all(np.isfinite(fits), axis=1) | ~np.all(np.isfinite(distances), axis=1)
+    with np.errstate(invalid="ignore"):
+        far = np.max(np.where(np.isfinite(distances[:, burn:]), distances[:, burn:], 0.0), axis=1)
+    left = ~diverged & (far > region)
+    half = settings.num_draws // 2
+    not_stationary = np.zeros_like(diverged)
+    if half >= 10:
+        first, second = draws[:, :half], draws[:, half: 2 * half]
+        se = np.sqrt(_batch_means_variance(first) / half + _batch_means_variance(second) / half)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = np.abs(second.mean(axis=1) - first.mean(axis=1)) / se
+        not_stationary = ~diverged & (z > 4.0)
+    used = ~diverged
+    count = int(used.sum())
+    estimate = float(per_chain[used].mean()) if count else math.nan
+    spread = float(per_chain[used].std(ddof=1)) if count > 1 else math.nan
+    standard_error = spread / math.sqrt(count) if count > 1 else math.nan
+    mean_acceptance = np.nanmean(accept, axis=1)
+    steps = np.arange(1, fits.shape[1] + 1)
+    checks = np.arange(1, accept.shape[1] + 1) * settings.diagnostic_every
+    dataset = xr.Dataset(
+        {
+            "learning_coefficient": ((), estimate, {
+                "long_name": "local learning coefficient estimate", "units": "1",
+                "description": f"n beta (mean whole-data loss over the draws - L_n(w0)), mean over "
+                               f"{count} of {settings.num_chains} chains (diverged chains left out)"}),
+            "learning_coefficient_standard_error": ((), standard_error, {
+                "units": "1", "description": "standard deviation over the chains / sqrt(chains used)"}),
+            "chain_learning_coefficient": (("chain",), per_chain, {"units": "1"}),
+            "loss_trace": (("chain", "step"), fits, {
+                "long_name": "whole-data loss L_n(w_t)", "units": "loss"}),
+            "distance_trace": (("chain", "step"), distances, {
+                "long_name": "squared distance to w0", "units": "weight^2"}),
+            "acceptance": (("chain", "check_step"), accept, {
+                "long_name": "MALA acceptance probability of an exact-gradient Langevin proposal",
+                "units": "1"}),
+            "mean_acceptance": (("chain",), mean_acceptance, {"units": "1"}),
+            "diverged": (("chain",), diverged),
+            "left_localisation": (("chain",), left, {
+                "description": f"||w - w0||^2 exceeded the 99.9% quantile of the localisation prior "
+                               f"({region:.4g})"}),
+            "not_stationary": (("chain",), not_stationary, {
+                "description": "the two halves of the draws differ by more than 4 standard errors "
+                               "(batch means)"}),
+        },
+        coords={"chain": np.arange(settings.num_chains), "step": steps, "check_step": checks},
+        attrs={
+            "num_samples": loss_model.num_samples, "inverse_temperature": nbeta,
+            "initial_loss": initial, "num_parameters": num_parameters, "widths": list(widths),
+            "num_chains_used": count, "stochastic_gradients": int(loss_model.stochastic),
+            "batch_size": loss_model.batch_size or 0,
+            **{f"sampler_{name}": ("none" if value is None else value)
+               for name, value in settings.model_dump().items()},
+            "source": "Lau et al. (AISTATS 2025) Alg. 1; docs/llc.md",
+        },
+    )
+    messages = []
+    if diverged.any():
+        messages.append(f"{int(diverged.sum())} of {settings.num_chains} chains diverged "
+                        "(left out of the estimate)")
+    if left.any():
+        messages.append(f"{int(left.sum())} chains left the localisation region")
+    if not_stationary.any():
+        messages.append(f"{int(not_stationary.sum())} chains are not stationary over the draws "
+                        "(more burn-in steps or a larger step size)")
+    finite_acceptance = mean_acceptance[np.isfinite(mean_acceptance)]
+    if finite_acceptance.size and finite_acceptance.min() < 0.5:
+        messages.append(f"mean acceptance {finite_acceptance.min():.2f} < 0.5: the step size is too large "
+                        "for this posterior")
+    dataset.attrs["warnings"] = "; ".join(messages)
+    if warn and messages:
+        warnings.warn("learning coefficient: " + "; ".join(messages), LearningCoefficientWarning,
+                      stacklevel=3)
+    return dataset
+
+
+def _batch_means_variance(chains: np.ndarray, num_batches: int = 10) -> np.ndarray:
+    """Per-chain variance of the mean estimate times the length (batch means; autocorrelation-aware)."""
+    length = chains.shape[1] // num_batches * num_batches
+    means = chains[:, :length].reshape(chains.shape[0], num_batches, -1).mean(axis=2)
+    return means.var(axis=1, ddof=1) * (length // num_batches)
