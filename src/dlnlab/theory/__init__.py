@@ -37,6 +37,12 @@ from .gradient_flow import (
     learning_time,
     reachable_modes,
 )
+from .learning_coefficient import (
+    LearningCoefficient,
+    learning_coefficient,
+    parameter_count,
+    reduced_rank_regression_coefficient,
+)
 from .linear_regression import (
     LyapunovSolution,
     SingleLayerFluctuations,
@@ -68,6 +74,10 @@ from .stationary import (
 from .summary import mode_summary
 
 __all__ = [
+    "LearningCoefficient",
+    "learning_coefficient",
+    "parameter_count",
+    "reduced_rank_regression_coefficient",
     "DiffusionPeak",
     "FlatnessFit",
     "LinearisedFluctuations",
