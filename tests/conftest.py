@@ -31,7 +31,7 @@ def assert_close_mc(estimate, exact, standard_error, k: float = K_SIGMA, what: s
     """``|estimate - exact| <= k * standard_error`` elementwise."""
     estimate, exact, se = (np.asarray(x, dtype=np.float64) for x in (estimate, exact, standard_error))
     err = np.abs(estimate - exact)
-    bad = err > k * se
+    bad = ~(err <= k * se)   # a NaN estimate or standard error fails
     assert not np.any(bad), (
         f"{what}: MC estimate differs from the exact value by more than {k} standard errors; "
         f"worst z = {np.max(err / np.maximum(se, 1e-300)):.2f}")

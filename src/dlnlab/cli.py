@@ -45,9 +45,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 
 def _register_subcommands() -> None:
+    from .llc.cli import llc_benchmark_command, llc_command
     from .saddles.cli import saddles_app
 
     app.add_typer(saddles_app, name="saddles")
+    app.command("llc")(llc_command)
+    app.command("llc-benchmark")(llc_benchmark_command)
 
 
 _register_subcommands()

@@ -14,7 +14,8 @@ started at ``w0``:
     w <- w + (epsilon / 2) G g + sqrt(epsilon G) xi,   g = -(n beta grad L_B(w) + gamma (w - w0)),
 
 ``xi ~ N(0, I)``, ``L_B`` the loss of one random minibatch (or the exact loss), ``G = I`` for plain
-SGLD (the step is blackjax's ``sgld`` kernel with its step size ``epsilon / 2``) and
+SGLD (the step is blackjax's SGLD Euler step, ``overdamped_langevin``, with its step size
+``epsilon / 2``) and
 ``G = 1 / (delta + sqrt(V))`` for the RMSProp-preconditioned variant (Li, Chen, Carlson & Carin,
 AAAI 2016), ``V <- alpha V + (1 - alpha) g^2``.
 
@@ -33,7 +34,6 @@ import math
 import warnings
 from typing import Annotated, Literal
 
-import blackjax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,6 +48,9 @@ from .loss_model import LossModel, moment_loss
 
 PositiveFloat = Annotated[float, Field(gt=0.0)]
 PositiveInt = Annotated[int, Field(ge=1)]
+
+ADAPTATION_RATE = 2.0
+"""Rate of the burn-in step-size adaptation (``log epsilon += rate x (acceptance - target)``)."""
 
 MAX_SAMPLER_STEPS = 10_000_000
 """Largest ``num_burnin_steps + num_draws`` accepted (a typo guard)."""
@@ -81,6 +84,10 @@ class SamplerSettings(BaseModel):
     """``alpha`` of the RMSProp average of squared gradients."""
     rmsprop_stabiliser: PositiveFloat = 0.1
     """``delta`` in ``G = 1 / (delta + sqrt(V))``."""
+    adapt_step_size: bool = False
+    """Adapt each chain's step size during burn-in towards ``target_acceptance`` (after each
+    acceptance check: ``epsilon <- epsilon exp(2 (acceptance - target))``); fixed during the draws."""
+    target_acceptance: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.99
     diagnostic_every: PositiveInt = 100
     """Steps between two acceptance checks; must divide ``num_burnin_steps`` and ``num_draws``."""
 
@@ -120,33 +127,44 @@ def default_inverse_temperature(num_samples: int) -> float:
 
 
 # ----------------------------------------------------------------------------- the chains
-def _flatten(weights):
-    return jnp.concatenate([w.ravel() for w in weights])
-
-
-def _tree_dot(a, b):
-    return sum(jnp.sum(x * y) for x, y in zip(a, b, strict=True))
+def _unflatten(flat, shapes):
+    out, offset = [], 0
+    for rows, cols in shapes:
+        out.append(flat[offset: offset + rows * cols].reshape(rows, cols))
+        offset += rows * cols
+    return tuple(out)
 
 
 def _make_chain_runner(num_blocks_burnin: int, num_blocks_draws: int, block: int, rmsprop: bool,
-                       stochastic: bool):
+                       stochastic: bool, shapes: tuple[tuple[int, int], ...], adapt: bool):
     """A jitted function of (keys, w0, model arrays, hyperparameters) -> traces. Static structure
-    only: a new step size, localisation, temperature or data set reuses the compiled function."""
+    only (the layer shapes, the numbers of steps, the variant): a new step size, localisation,
+    temperature or data set reuses the compiled function.
 
-    def log_posterior_and_grad(w, w0, sxx, syx, tyy, nbeta, gamma):
-        def negative(weights):
-            fit = moment_loss(end_to_end(weights), sxx, syx, tyy)
-            local = 0.5 * gamma * sum(jnp.sum((a - b) ** 2) for a, b in zip(weights, w0, strict=True))
-            return nbeta * fit + local, fit
-        (value, fit), grad = jax.value_and_grad(negative, has_aux=True)(w)
-        return -value, jax.tree.map(jnp.negative, grad), fit
+    One step evaluates the end-to-end product once: its vector-Jacobian product gives the
+    minibatch gradient ``grad L_B = vjp(W S_xx,B - S_yx,B)`` and the same product gives the
+    whole-data loss ``L_n(w_t)`` recorded for that step (before the update)."""
+    import blackjax  # here, not at import time: importing blackjax starts JAX's backend
+
+    euler = blackjax.sgmcmc.diffusions.overdamped_langevin()
+
+    def product(flat):
+        return end_to_end(_unflatten(flat, shapes))
 
     def chain(key, w0, model, hyper):
-        key, check_root = jax.random.split(key)
-        step_size, gamma, nbeta, decay, stabiliser = hyper
+        initial_step, gamma, nbeta, decay, stabiliser, target = hyper
         sxx, syx, tyy = model["sxx"], model["syx"], model["tyy"]
-        sgld = blackjax.sgld(lambda w, batch: log_posterior_and_grad(w, w0, batch[0], batch[1], tyy,
-                                                                     nbeta, gamma)[1])
+        key, check_root = jax.random.split(key)
+
+        def log_posterior_gradient(w, batch_sxx, batch_syx):
+            """``(g, L_n(w))`` with ``g = -(n beta grad L_B(w) + gamma (w - w0))``."""
+            p, pullback = jax.vjp(product, w)
+            (grad_fit,) = pullback(p @ batch_sxx - batch_syx)
+            return -(nbeta * grad_fit + gamma * (w - w0)), moment_loss(p, sxx, syx, tyy)
+
+        def log_posterior(w):
+            p = product(w)
+            return -(nbeta * moment_loss(p, sxx, syx, tyy) + 0.5 * gamma * jnp.sum((w - w0) ** 2))
 
         def minibatch(step_key):
             if not stochastic:
@@ -154,73 +172,64 @@ def _make_chain_runner(num_blocks_burnin: int, num_blocks_draws: int, block: int
             index = jax.random.randint(step_key, (), 0, model["batch_sxx"].shape[0])
             return model["batch_sxx"][index], model["batch_syx"][index]
 
+        def conditioner(second_moment):
+            return 1.0 / (stabiliser + jnp.sqrt(second_moment)) if rmsprop else jnp.ones_like(second_moment)
+
         def one_step(carry, step):
-            w, second_moment = carry
+            w, second_moment, step_size = carry
             step_key, batch_key = jax.random.split(jax.random.fold_in(key, step))
-            batch = minibatch(batch_key)
+            grad, fit = log_posterior_gradient(w, *minibatch(batch_key))
+            distance = jnp.sum((w - w0) ** 2)
             if rmsprop:
-                grad = log_posterior_and_grad(w, w0, batch[0], batch[1], tyy, nbeta, gamma)[1]
-                second_moment = jax.tree.map(lambda s, g: decay * s + (1 - decay) * g * g,
-                                             second_moment, grad)
-                precond = jax.tree.map(lambda s: 1.0 / (stabiliser + jnp.sqrt(s)), second_moment)
-                noise = jax.tree.map(lambda p, k: jax.random.normal(k, p.shape, p.dtype), w,
-                                     _split_like(step_key, w))
-                w = jax.tree.map(lambda p, g, c, z: p + 0.5 * step_size * c * g + jnp.sqrt(step_size * c) * z,
-                                 w, grad, precond, noise)
-            else:
-                w = sgld.step(step_key, w, batch, 0.5 * step_size)
-            fit = moment_loss(end_to_end(w), sxx, syx, tyy)
-            distance = sum(jnp.sum((a - b) ** 2) for a, b in zip(w, w0, strict=True))
-            return (w, second_moment), (fit, distance)
+                second_moment = decay * second_moment + (1 - decay) * grad * grad
+                c = conditioner(second_moment)
+                noise = jax.random.normal(step_key, w.shape, w.dtype)
+                w = w + 0.5 * step_size * c * grad + jnp.sqrt(step_size * c) * noise
+            else:   # blackjax's SGLD (Euler) step: w + h g + sqrt(2 h) xi with h = epsilon / 2
+                w = euler(step_key, w, grad, 0.5 * step_size)
+            return (w, second_moment, step_size), (fit, distance)
 
-        def acceptance(w, second_moment, check_key):
+        def acceptance(w, second_moment, step_size, check_key):
             """MALA acceptance probability of one exact-gradient Langevin proposal from ``w``."""
-            if rmsprop:
-                precond = jax.tree.map(lambda s: 1.0 / (stabiliser + jnp.sqrt(s)), second_moment)
-            else:
-                precond = jax.tree.map(jnp.ones_like, w)
-            logp, grad, _ = log_posterior_and_grad(w, w0, sxx, syx, tyy, nbeta, gamma)
-            noise = jax.tree.map(lambda p, k: jax.random.normal(k, p.shape, p.dtype), w,
-                                 _split_like(check_key, w))
-            proposal = jax.tree.map(
-                lambda p, g, c, z: p + 0.5 * step_size * c * g + jnp.sqrt(step_size * c) * z,
-                w, grad, precond, noise)
-            logp_new, grad_new, _ = log_posterior_and_grad(proposal, w0, sxx, syx, tyy, nbeta, gamma)
+            c = conditioner(second_moment)
+            grad, _ = log_posterior_gradient(w, sxx, syx)
+            proposal = (w + 0.5 * step_size * c * grad
+                        + jnp.sqrt(step_size * c) * jax.random.normal(check_key, w.shape, w.dtype))
+            grad_new, _ = log_posterior_gradient(proposal, sxx, syx)
 
-            def log_q(to, frm, g):  # log N(to; frm + eps/2 G g, eps G) up to a constant
-                r = jax.tree.map(lambda a, b, gg, c: a - b - 0.5 * step_size * c * gg, to, frm, g, precond)
-                return -sum(jnp.sum(x * x / c) for x, c in zip(r, precond, strict=True)) / (2 * step_size)
+            def log_q(to, frm, g):  # log N(to; frm + eps/2 C g, eps C) up to a constant
+                r = to - frm - 0.5 * step_size * c * g
+                return -jnp.sum(r * r / c) / (2 * step_size)
 
-            log_ratio = logp_new - logp + log_q(w, proposal, grad_new) - log_q(proposal, w, grad)
+            log_ratio = (log_posterior(proposal) - log_posterior(w) + log_q(w, proposal, grad_new)
+                         - log_q(proposal, w, grad))
             return jnp.where(jnp.isfinite(log_ratio), jnp.exp(jnp.minimum(log_ratio, 0.0)), 0.0)
 
         def one_block(carry, block_index):
             carry, (fits, distances) = jax.lax.scan(one_step, carry,
                                                     block_index * block + jnp.arange(block))
-            check_key = jax.random.fold_in(check_root, block_index)
-            accept = acceptance(carry[0], carry[1], check_key)
-            return carry, (fits, distances, accept)
+            w, second_moment, step_size = carry
+            accept = acceptance(w, second_moment, step_size, jax.random.fold_in(check_root, block_index))
+            if adapt:   # burn-in only: multiplicative Robbins-Monro step towards the target acceptance
+                factor = jnp.exp(ADAPTATION_RATE * (accept - target))
+                step_size = jnp.where(block_index < num_blocks_burnin, step_size * factor, step_size)
+            return (w, second_moment, step_size), (fits, distances, accept, step_size)
 
-        second = jax.tree.map(jnp.zeros_like, w0)
-        _, (fits, distances, accept) = jax.lax.scan(one_block, (w0, second),
-                                                     jnp.arange(num_blocks_burnin + num_blocks_draws))
-        return fits.reshape(-1), distances.reshape(-1), accept
+        (_, _, final_step), (fits, distances, accept, steps) = jax.lax.scan(
+            one_block, (w0, jnp.zeros_like(w0), initial_step),
+            jnp.arange(num_blocks_burnin + num_blocks_draws))
+        return fits.reshape(-1), distances.reshape(-1), accept, final_step
 
     return jax.jit(jax.vmap(chain, in_axes=(0, None, None, None)))
 
 
-def _split_like(key, tree):
-    leaves = jax.tree.leaves(tree)
-    keys = jax.random.split(key, len(leaves))
-    return jax.tree.unflatten(jax.tree.structure(tree), list(keys))
-
-
-def _runner(settings: SamplerSettings, stochastic: bool):
+def _runner(settings: SamplerSettings, stochastic: bool, shapes):
     """The compiled chains for this structure (one compilation per structure, cached by
     ``functools.lru_cache`` on the static signature)."""
     block = settings.diagnostic_every
     return _compiled_runner(settings.num_burnin_steps // block, settings.num_draws // block, block,
-                            settings.preconditioner == "rmsprop", stochastic)
+                            settings.preconditioner == "rmsprop", stochastic, shapes,
+                            settings.adapt_step_size)
 
 
 _compiled_runner = functools.lru_cache(maxsize=32)(_make_chain_runner)
@@ -256,9 +265,11 @@ def estimate_learning_coefficient(weights, loss_model: LossModel, key,
         v.fail("settings", type(settings).__name__, "must be a dlnlab.llc.SamplerSettings")
     widths = v.check_weights(weights, loss_model.d_in, loss_model.d_out)
     dtype = jnp.result_type(*[jnp.asarray(w).dtype for w in weights])
-    w0 = tuple(jnp.asarray(w, dtype=dtype) for w in weights)
-    for index, w in enumerate(w0):
+    layers = tuple(jnp.asarray(w, dtype=dtype) for w in weights)
+    for index, w in enumerate(layers):
         v.finite_array(f"weights[{index}]", w)
+    shapes = tuple((int(w.shape[0]), int(w.shape[1])) for w in layers)
+    w0 = jnp.concatenate([w.ravel() for w in layers])
     nbeta = (settings.inverse_temperature if settings.inverse_temperature is not None
              else default_inverse_temperature(loss_model.num_samples))
     model = {"sxx": jnp.asarray(loss_model.input_moment, dtype),
@@ -268,20 +279,26 @@ def estimate_learning_coefficient(weights, loss_model: LossModel, key,
         model["batch_sxx"] = jnp.asarray(loss_model.batch_input_moments, dtype)
         model["batch_syx"] = jnp.asarray(loss_model.batch_cross_moments, dtype)
     hyper = tuple(jnp.asarray(x, dtype) for x in (settings.step_size, settings.localisation, nbeta,
-                                                  settings.rmsprop_decay, settings.rmsprop_stabiliser))
+                                                  settings.rmsprop_decay, settings.rmsprop_stabiliser,
+                                                  settings.target_acceptance))
     keys = jax.random.split(key, settings.num_chains)
-    fits, distances, accept = _runner(settings, loss_model.stochastic)(keys, w0, model, hyper)
-    fits, distances, accept = (np.asarray(a, dtype=np.float64) for a in (fits, distances, accept))
-    initial = float(moment_loss(end_to_end(w0), model["sxx"], model["syx"], model["tyy"]))
-    return _dataset(fits, distances, accept, initial, nbeta, settings, loss_model, widths, warn)
+    fits, distances, accept, final_step = _runner(settings, loss_model.stochastic, shapes)(keys, w0, model,
+                                                                                          hyper)
+    fits, distances, accept, final_step = (np.asarray(a, dtype=np.float64)
+                                           for a in (fits, distances, accept, final_step))
+    initial = float(moment_loss(end_to_end(layers), model["sxx"], model["syx"], model["tyy"]))
+    return _dataset(fits, distances, accept, final_step, initial, nbeta, settings, loss_model, widths, warn)
 
 
-def _dataset(fits, distances, accept, initial, nbeta, settings, loss_model, widths, warn) -> xr.Dataset:
+def _dataset(fits, distances, accept, final_step, initial, nbeta, settings, loss_model, widths,
+             warn) -> xr.Dataset:
     burn = settings.num_burnin_steps
     draws = fits[:, burn:]
     num_parameters = int(sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=True)))
     per_chain = nbeta * (draws.mean(axis=1) - initial)
-    region = (float(stats.chi2.ppf(0.999, num_parameters) / settings.localisation)
+    # the maximum over num_draws draws: a Bonferroni level keeps the false-alarm rate of a chain that
+    # samples exactly the localisation prior below 0.1%
+    region = (float(stats.chi2.isf(1e-3 / settings.num_draws, num_parameters) / settings.localisation)
               if settings.localisation > 0 else math.inf)
     diverged = ~np.all(np.isfinite(fits), axis=1) | ~np.all(np.isfinite(distances), axis=1)
     with np.errstate(invalid="ignore"):
@@ -301,7 +318,7 @@ def _dataset(fits, distances, accept, initial, nbeta, settings, loss_model, widt
     spread = float(per_chain[used].std(ddof=1)) if count > 1 else math.nan
     standard_error = spread / math.sqrt(count) if count > 1 else math.nan
     mean_acceptance = np.nanmean(accept, axis=1)
-    steps = np.arange(1, fits.shape[1] + 1)
+    steps = np.arange(fits.shape[1])   # the state w_t before update t (w_0 = the centre)
     checks = np.arange(1, accept.shape[1] + 1) * settings.diagnostic_every
     dataset = xr.Dataset(
         {
@@ -320,10 +337,13 @@ def _dataset(fits, distances, accept, initial, nbeta, settings, loss_model, widt
                 "long_name": "MALA acceptance probability of an exact-gradient Langevin proposal",
                 "units": "1"}),
             "mean_acceptance": (("chain",), mean_acceptance, {"units": "1"}),
+            "step_size": (("chain",), final_step, {
+                "long_name": "step size epsilon of the draws (adapted during burn-in when "
+                             "adapt_step_size)", "units": "weight^2"}),
             "diverged": (("chain",), diverged),
             "left_localisation": (("chain",), left, {
-                "description": f"||w - w0||^2 exceeded the 99.9% quantile of the localisation prior "
-                               f"({region:.4g})"}),
+                "description": f"max ||w - w0||^2 over the draws exceeded the (1 - 0.001 / num_draws) "
+                               f"quantile of the localisation prior ({region:.4g})"}),
             "not_stationary": (("chain",), not_stationary, {
                 "description": "the two halves of the draws differ by more than 4 standard errors "
                                "(batch means)"}),
@@ -352,6 +372,9 @@ def _dataset(fits, distances, accept, initial, nbeta, settings, loss_model, widt
     if finite_acceptance.size and finite_acceptance.min() < 0.5:
         messages.append(f"mean acceptance {finite_acceptance.min():.2f} < 0.5: the step size is too large "
                         "for this posterior")
+    elif finite_acceptance.size and finite_acceptance.mean() < 0.9:
+        messages.append(f"mean acceptance {finite_acceptance.mean():.2f} < 0.9: the step size may bias the "
+                        "estimate (Euler discretisation); try a smaller step size or adapt_step_size=True")
     dataset.attrs["warnings"] = "; ".join(messages)
     if warn and messages:
         warnings.warn("learning coefficient: " + "; ".join(messages), LearningCoefficientWarning,

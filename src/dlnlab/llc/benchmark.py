@@ -1,0 +1,377 @@
+"""Benchmark of the SGLD learning-coefficient estimator against the exact values (docs/llc.md).
+
+The published deep-linear-network protocol (Lau, Furman, Wang, Murfet & Wei, AISTATS 2025, App. J;
+Furman & Lau 2024, App. E.2): random networks in size classes, a true map of reduced rank, ``n``
+inputs uniform in ``[-10, 10]^d_in`` with noiseless targets, minibatches of 500, ``n beta = n / log n``,
+``gamma = 1`` and the class's step size and number of steps (90% burn-in). Each network's estimate is
+compared with :func:`dlnlab.theory.learning_coefficient` (Aoyagi 2024), on the empirical loss of the
+data set (minibatch gradients) and on the population loss (exact gradients).
+
+One deliberate difference: the true parameter is a *balanced minimal-rank factorisation* (every layer
+of rank ``r``, ``W_l = Q_l diag(sigma^(1/L)) Q_{l-1}^T`` with Haar frames ``Q_l`` of ``r`` columns and the
+true map's singular values ``sigma`` uniform in ``[0.5, 1.5]``): these are the points of the
+true-parameter set where the local learning coefficient equals Aoyagi's value (at a generic true
+parameter it is larger, docs/theory.md §14), and balanced ones are where gradient flow from a small
+initialisation ends.
+
+Randomness: network ``i`` of class ``c`` uses ``fold_in(fold_in(key(seed), class index), i)`` for its
+widths, rank, truth, data and chains, so a network's result does not depend on how many others run.
+Results are written after every network; a rerun with the same settings resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+from scipy import stats
+
+from .. import _validation as v
+from ..core.task import random_orthonormal
+from ..io import atomic
+from ..theory.learning_coefficient import learning_coefficient, parameter_count
+from .loss_model import empirical_loss_model, population_loss_model
+from .sampler import SamplerSettings, estimate_learning_coefficient
+
+
+@dataclass(frozen=True)
+class SizeClass:
+    """A size class of random networks and its sampler settings (published protocol)."""
+
+    name: str
+    min_layers: int
+    max_layers: int
+    min_width: int
+    max_width: int
+    step_size: float
+    num_steps: int
+    num_samples: int
+
+
+SIZE_CLASSES: dict[str, SizeClass] = {
+    "1K": SizeClass("1K", 2, 5, 5, 50, 5e-7, 10_000, 100_000),
+    "10K": SizeClass("10K", 2, 10, 5, 100, 5e-7, 10_000, 100_000),
+    "100K": SizeClass("100K", 2, 10, 50, 500, 1e-7, 50_000, 1_000_000),
+}
+"""Furman & Lau (2024) App. E.2; 100K is for an accelerator (about 1e5 parameters)."""
+
+PUBLISHED_INPUT_HALF_WIDTH = 10.0
+"""The published protocol's inputs are uniform in ``[-10, 10]^d_in``, so ``S_x = (100/3) I``."""
+UNIT_INPUT_HALF_WIDTH = math.sqrt(3.0)
+"""Inputs uniform in ``[-sqrt 3, sqrt 3]^d_in`` have ``S_x = I`` (the calibrated protocol)."""
+BATCH_SIZE = 500
+LOCALISATION = 1.0
+BURNIN_FRACTION = 0.9
+TARGET_MEDIAN = 0.05
+TARGET_PERCENTILE_95 = 0.15
+TARGET_POPULATION_MEDIAN = 0.01
+
+
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    """What a benchmark run covers. ``step_scale`` and ``steps_scale`` multiply each class's published
+    step size and number of steps. With ``calibrate`` each chain's step size is adapted during burn-in
+    towards ``target_acceptance`` from the class's (scaled) step (``SamplerSettings.adapt_step_size``).
+    Inputs are uniform in ``[-input_half_width, input_half_width]^d_in``.
+
+    Two named settings: :meth:`published` (the published protocol: fixed step, 10,000 steps, inputs
+    in ``[-10, 10]``) and :meth:`calibrated` (unit-variance inputs, step adapted to 0.99 acceptance,
+    10x the steps, 16 chains; docs/llc.md explains why).
+    """
+
+    classes: tuple[str, ...] = ("1K", "10K")
+    num_networks: int = 100
+    num_chains: int = 4
+    seed: int = 0
+    step_scale: float = 1.0
+    steps_scale: float = 1.0
+    losses: tuple[str, ...] = ("empirical", "population")
+    calibrate: bool = False
+    target_acceptance: float = 0.99
+    input_half_width: float = PUBLISHED_INPUT_HALF_WIDTH
+
+    @classmethod
+    def published(cls, **fields) -> BenchmarkSettings:
+        return cls(**fields)
+
+    @classmethod
+    def calibrated(cls, **fields) -> BenchmarkSettings:
+        base = {"num_chains": 16, "steps_scale": 10.0, "calibrate": True,
+                "input_half_width": UNIT_INPUT_HALF_WIDTH}
+        return cls(**{**base, **fields})
+
+    def validate(self) -> BenchmarkSettings:
+        if not self.classes or isinstance(self.classes, str):
+            v.fail("classes", self.classes, f"must be a non-empty list of {sorted(SIZE_CLASSES)}")
+        for name in self.classes:
+            if name not in SIZE_CLASSES:
+                v.fail("classes", name, f"must be one of {sorted(SIZE_CLASSES)}")
+        if len(set(self.classes)) != len(self.classes):
+            v.fail("classes", self.classes, "must not repeat a class")
+        v.positive_int("num_networks", self.num_networks)
+        v.positive_int("num_chains", self.num_chains)
+        if self.num_chains < 2:
+            v.fail("num_chains", self.num_chains, "must be >= 2 (the standard error needs two chains)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            v.fail("seed", self.seed, "must be an integer >= 0")
+        v.finite_scalar("step_scale", self.step_scale, minimum=0.0, strict=True)
+        v.finite_scalar("steps_scale", self.steps_scale, minimum=0.0, strict=True)
+        if not isinstance(self.calibrate, bool):
+            v.fail("calibrate", self.calibrate, "must be true or false")
+        v.finite_scalar("target_acceptance", self.target_acceptance, minimum=0.0, strict=True, maximum=1.0)
+        v.finite_scalar("input_half_width", self.input_half_width, minimum=0.0, strict=True)
+        if not self.losses or any(loss not in ("empirical", "population") for loss in self.losses):
+            v.fail("losses", self.losses, "must list 'empirical' and/or 'population'")
+        return self
+
+    def sampler(self, size_class: SizeClass) -> SamplerSettings:
+        steps = max(100, int(round(size_class.num_steps * self.steps_scale / 100)) * 100)
+        draws = int(round(steps * (1 - BURNIN_FRACTION) / 100)) * 100 or 100
+        return SamplerSettings(step_size=size_class.step_size * self.step_scale, localisation=LOCALISATION,
+                               num_chains=self.num_chains, num_burnin_steps=steps - draws,
+                               num_draws=draws, diagnostic_every=100, adapt_step_size=self.calibrate,
+                               target_acceptance=self.target_acceptance)
+
+
+def random_network(key, size_class: SizeClass, dtype=jnp.float64):
+    """``(widths, rank, weights)`` of one random network of ``size_class`` (module docstring).
+
+    ``widths = (d_0, ..., d_L)`` with ``L`` uniform in ``[min_layers, max_layers]`` and each width
+    uniform in ``[min_width, max_width]``; ``rank`` uniform in ``[0, min(widths)]``; ``weights`` the
+    balanced minimal-rank factorisation of a rank-``rank`` map with singular values uniform in
+    ``[0.5, 1.5]`` (module docstring).
+    """
+    k_layers, k_widths, k_rank, k_frames, k_scales = jax.random.split(key, 5)
+    layers = int(jax.random.randint(k_layers, (), size_class.min_layers, size_class.max_layers + 1))
+    widths = tuple(int(w) for w in jax.random.randint(k_widths, (layers + 1,), size_class.min_width,
+                                                      size_class.max_width + 1))
+    rank = int(jax.random.randint(k_rank, (), 0, min(widths) + 1))
+    frames = [random_orthonormal(k, d, rank, dtype) if rank else jnp.zeros((d, 0), dtype)
+              for k, d in zip(jax.random.split(k_frames, len(widths)), widths, strict=True)]
+    scales = jax.random.uniform(k_scales, (rank,), dtype, 0.5, 1.5) ** (1.0 / layers)
+    weights = tuple(frames[l + 1] @ jnp.diag(scales) @ frames[l].T if rank
+                    else jnp.zeros((widths[l + 1], widths[l]), dtype) for l in range(layers))
+    return widths, rank, weights
+
+
+def benchmark_network(key, size_class: SizeClass, settings: BenchmarkSettings) -> dict:
+    """Estimate the learning coefficient of one random network with each loss; returns a record."""
+    k_net, k_data, k_batches, k_empirical, k_population = jax.random.split(key, 5)
+    widths, rank, weights = random_network(k_net, size_class)
+    teacher = weights[0]
+    for w in weights[1:]:
+        teacher = w @ teacher
+    exact = learning_coefficient(widths, rank)
+    sampler = settings.sampler(size_class)
+    record = {"size_class": size_class.name, "num_layers": len(widths) - 1,
+              "widths": ",".join(map(str, widths)), "rank": rank,
+              "num_parameters": parameter_count(widths), "exact": float(exact.value),
+              "exact_fraction": str(exact.value), "multiplicity": exact.multiplicity}
+    n = size_class.num_samples
+    for loss_kind in settings.losses:
+        start = time.perf_counter()
+        if loss_kind == "empirical":
+            half = settings.input_half_width
+            x = jax.random.uniform(k_data, (n, widths[0]), teacher.dtype, -half, half)
+            model = empirical_loss_model(x, x @ teacher.T, batch_size=BATCH_SIZE, key=k_batches)
+            del x
+            chain_key = k_empirical
+        else:
+            covariance = (settings.input_half_width ** 2 / 3.0) * jnp.eye(widths[0], dtype=teacher.dtype)
+            model = population_loss_model(teacher, covariance, num_samples=n)
+            chain_key = k_population
+        ds = estimate_learning_coefficient(weights, model, chain_key, sampler, warn=False)
+        record[f"{loss_kind}_step_size"] = float(np.exp(np.log(ds.step_size.values).mean()))
+        record[f"{loss_kind}_estimate"] = float(ds.learning_coefficient)
+        record[f"{loss_kind}_standard_error"] = float(ds.learning_coefficient_standard_error)
+        record[f"{loss_kind}_chain_spread"] = float(ds.chain_learning_coefficient.std(ddof=1))
+        record[f"{loss_kind}_mean_acceptance"] = float(ds.mean_acceptance.mean())
+        record[f"{loss_kind}_chains_used"] = int(ds.attrs["num_chains_used"])
+        record[f"{loss_kind}_warnings"] = ds.attrs["warnings"]
+        record[f"{loss_kind}_seconds"] = time.perf_counter() - start
+    return record
+
+
+VARIABLE_ATTRS = {
+    "exact": {"long_name": "exact learning coefficient (Aoyagi 2024)", "units": "1"},
+    "multiplicity": {"long_name": "multiplicity m", "units": "1"},
+    "num_parameters": {"units": "1"},
+    "rank": {"long_name": "rank of the true map", "units": "1"},
+}
+
+
+def run_benchmark(settings: BenchmarkSettings, out: str | Path | None = None, *,
+                  progress: Callable[[str], None] | None = None,
+                  shard: tuple[int, int] = (0, 1)) -> xr.Dataset:
+    """Run the benchmark; with ``out`` write ``benchmark.nc`` after each network and resume from it.
+
+    ``shard = (k, N)`` runs only the networks whose index is ``k`` modulo ``N`` (to spread one
+    benchmark over processes or machines; :func:`merge_benchmarks` joins the parts). A network's
+    result does not depend on the shard.
+
+    Returns the dataset (dim ``network``; one variable per record field, relative errors
+    ``*_relative_error = (estimate - exact) / exact``), summary statistics in
+    :func:`summary_table`.
+
+    Raises:
+        ValueError: bad settings; an existing ``benchmark.nc`` made with other settings.
+    """
+    settings = settings.validate()
+    if (not isinstance(shard, tuple) or len(shard) != 2
+            or any(isinstance(x, bool) or not isinstance(x, int) for x in shard)
+            or not 0 <= shard[0] < shard[1]):
+        v.fail("shard", shard, "must be (k, N) with integers 0 <= k < N")
+    path = None if out is None else Path(out) / "benchmark.nc"
+    done: list[dict] = []
+    fingerprint = json.dumps(asdict(settings), sort_keys=True)
+    if path is not None and path.exists():
+        previous = atomic.read_dataset(path, what="benchmark")
+        if previous.attrs.get("benchmark_settings") != fingerprint:
+            v.fail("out", str(out), "holds a benchmark made with other settings (choose another --out)")
+        done = _records(previous)
+    finished = {(r["size_class"], int(r["index"])) for r in done}
+    total = len(settings.classes) * len(range(shard[0], settings.num_networks, shard[1]))
+    start = time.perf_counter()
+    root = jax.random.key(settings.seed)
+    with jax.enable_x64(True):
+        for class_index, name in enumerate(settings.classes):
+            size_class = SIZE_CLASSES[name]
+            class_key = jax.random.fold_in(root, class_index)
+            for index in range(shard[0], settings.num_networks, shard[1]):
+                if (name, index) in finished:
+                    continue
+                record = benchmark_network(jax.random.fold_in(class_key, index), size_class, settings)
+                record["index"] = index
+                done.append(record)
+                if path is not None:
+                    atomic.atomic_write_dataset(_dataset(done, fingerprint), path)
+                if progress is not None:
+                    elapsed = time.perf_counter() - start
+                    count = len(done)
+                    left = (total - count) * elapsed / max(1, count - len(finished))
+                    progress(f"llc-benchmark: {count}/{total} networks ({name} {record['widths']} rank "
+                             f"{record['rank']}: exact {record['exact']:.1f}, "
+                             + ", ".join(f"{k} {record[f'{k}_estimate']:.1f}" for k in settings.losses)
+                             + f"), {elapsed:.0f} s elapsed, ~{left:.0f} s left")
+    return _dataset(done, fingerprint)
+
+
+def _dataset(records: list[dict], fingerprint: str) -> xr.Dataset:
+    keys = list(records[0])
+    data = {}
+    for key in keys:
+        values = [r.get(key) for r in records]
+        if isinstance(values[0], str):
+            data[key] = ("network", np.asarray(values, dtype=object))
+        else:
+            data[key] = ("network", np.asarray(values))
+    ds = xr.Dataset(data, coords={"network": np.arange(len(records))})
+    for loss_kind in ("empirical", "population"):
+        if f"{loss_kind}_estimate" in ds:
+            relative = (ds[f"{loss_kind}_estimate"] - ds.exact) / ds.exact
+            ds[f"{loss_kind}_relative_error"] = relative.assign_attrs(
+                long_name=f"(estimate - exact) / exact, {loss_kind} loss", units="1")
+    for key, attrs in VARIABLE_ATTRS.items():
+        ds[key].attrs.update(attrs)
+    ds.attrs.update(benchmark_settings=fingerprint,
+                    batch_size=BATCH_SIZE, localisation=LOCALISATION,
+                    source="Lau et al. (AISTATS 2025) App. J; Furman & Lau (2024) App. E.2; docs/llc.md")
+    return ds
+
+
+def merge_benchmarks(parts: Sequence[xr.Dataset]) -> xr.Dataset:
+    """Join benchmark datasets of one setting (shards, or resumed runs) into one, ordered by class
+    and network index; a network present twice is kept once.
+
+    Raises:
+        ValueError: no parts, or parts made with different settings.
+    """
+    if not parts:
+        v.fail("parts", parts, "must hold at least one benchmark dataset")
+    settings = [json.loads(part.attrs.get("benchmark_settings", "{}")) for part in parts]
+    classes = list(dict.fromkeys(name for one in settings for name in one.get("classes", [])))
+    common = [{k: value for k, value in one.items() if k != "classes"} for one in settings]
+    if any(one != common[0] for one in common):
+        v.fail("parts", len(parts), "were made with different benchmark settings (other than the classes)")
+    records = {}
+    for part in parts:
+        for record in _records(part):
+            records.setdefault((record["size_class"], int(record["index"])), record)
+    order = sorted(records, key=lambda k: (classes.index(k[0]), k[1]))
+    fingerprint = json.dumps({**common[0], "classes": classes}, sort_keys=True)
+    return _dataset([records[k] for k in order], fingerprint)
+
+
+def _records(ds: xr.Dataset) -> list[dict]:
+    names = [k for k in ds.data_vars if not k.endswith("_relative_error")]
+    out = []
+    for i in range(ds.sizes["network"]):
+        record = {}
+        for k in names:
+            value = ds[k].values[i]
+            record[k] = value.item() if hasattr(value, "item") else value
+        out.append(record)
+    return out
+
+
+def summary_table(ds: xr.Dataset, *, confidence_level: float = 0.95, key=None) -> list[dict]:
+    """Per class and loss: networks, median and 95th percentile of ``|relative error|`` with
+    ``scipy.stats.bootstrap`` percentile intervals, the median signed error, and whether the issue's
+    targets are met (median <= 5%, 95th percentile <= 15%; population median <= 1%)."""
+    rng = np.random.default_rng(0 if key is None else key)
+    rows = []
+    for name in dict.fromkeys(ds.size_class.values.tolist()):
+        selected = ds.where(ds.size_class == name, drop=True)
+        for loss_kind in ("empirical", "population"):
+            variable = f"{loss_kind}_relative_error"
+            if variable not in selected:
+                continue
+            errors = np.asarray(selected[variable].values, dtype=np.float64)
+            finite = errors[np.isfinite(errors)]
+            row = {"size_class": name, "loss": loss_kind, "networks": int(errors.size),
+                   "finite": int(finite.size)}
+            absolute = np.abs(finite)
+            row["median"] = float(np.median(absolute)) if finite.size else math.nan
+            row["percentile_95"] = float(np.percentile(absolute, 95)) if finite.size else math.nan
+            row["median_signed"] = float(np.median(finite)) if finite.size else math.nan
+            for stat, label in ((np.median, "median"),
+                                (lambda x, axis: np.percentile(x, 95, axis=axis), "percentile_95")):
+                if finite.size >= 3:
+                    interval = stats.bootstrap((absolute,), stat, confidence_level=confidence_level,
+                                               method="percentile", n_resamples=2000, random_state=rng)
+                    row[f"{label}_interval"] = (float(interval.confidence_interval.low),
+                                                float(interval.confidence_interval.high))
+                else:
+                    row[f"{label}_interval"] = (math.nan, math.nan)
+            if loss_kind == "population":
+                row["target"] = f"median <= {TARGET_POPULATION_MEDIAN:.0%}"
+                row["met"] = bool(row["median"] <= TARGET_POPULATION_MEDIAN and finite.size == errors.size)
+            else:
+                row["target"] = f"median <= {TARGET_MEDIAN:.0%}, 95th <= {TARGET_PERCENTILE_95:.0%}"
+                row["met"] = bool(row["median"] <= TARGET_MEDIAN
+                                  and row["percentile_95"] <= TARGET_PERCENTILE_95
+                                  and finite.size == errors.size)
+            rows.append(row)
+    return rows
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """Markdown table of :func:`summary_table` rows."""
+    lines = ["| class | loss | networks | median abs. rel. error [95% CI] | 95th percentile [95% CI] | "
+             "median signed error | target | met |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lo, hi = r["median_interval"]
+        plo, phi = r["percentile_95_interval"]
+        lines.append(f"| {r['size_class']} | {r['loss']} | {r['finite']}/{r['networks']} | "
+                     f"{r['median']:.1%} [{lo:.1%}, {hi:.1%}] | "
+                     f"{r['percentile_95']:.1%} [{plo:.1%}, {phi:.1%}] | "
+                     f"{r['median_signed']:+.1%} | {r['target']} | {'yes' if r['met'] else 'no'} |")
+    return "\n".join(lines)

@@ -1,0 +1,219 @@
+"""``dlnlab llc``: the local learning coefficient at a point of an experiment or along its training.
+Thin: resolves the config (:func:`dlnlab.llc.training.load_training_config`), calls one library
+function, writes ``OUT/llc.nc`` (and, along training, ``OUT/llc.png``/``.pdf``) through
+:mod:`dlnlab.io`, prints a short summary.
+
+- ``--at init|solution|end`` -> :func:`dlnlab.llc.training.learning_coefficient_at`
+- ``--at along``             -> :func:`dlnlab.llc.training.learning_coefficient_along_training`
+  and :func:`dlnlab.plot.llc.along_training_figure`
+
+Registered in the main CLI as ``app.command("llc")(llc_command)``. Bad input raises
+``ValueError("field=value: rule")`` before any work, which ``dlnlab.cli.main`` prints as one line
+(exit code 2). Library imports happen inside the command so that ``dlnlab --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+AT_CHOICES = ("init", "solution", "end", "along")
+
+
+def _number(x: float, spec: str = ".4g") -> str:
+    return "nan" if x != x else format(x, spec)
+
+
+def llc_command(
+    config: Annotated[Path | None, typer.Argument(
+        help="Experiment config (dlnlab run's TOML); default: the paper's task. Without dtype/runs "
+             "set: float64, 4 runs.")] = None,
+    at: Annotated[str, typer.Option(
+        "--at", help="init | solution (balanced aligned factorisation of the teacher) | end (the "
+                     "weights at the horizon) | along (checkpoints of training, with figure).")] = "solution",
+    methods: Annotated[list[str] | None, typer.Option(
+        "--method", help="Training method (repeatable for --at along; default gd and sgd there, "
+                         "gd otherwise).")] = None,
+    run: Annotated[int, typer.Option("--run", help="Run index for --at init|end.")] = 0,
+    runs: Annotated[int | None, typer.Option(
+        "--runs", help="Runs per method for --at along (default: the config's runs; 4 if it sets "
+                       "none).")] = None,
+    checkpoints: Annotated[int, typer.Option(
+        "--checkpoints", help="Checkpoints per run for --at along.")] = 16,
+    num_samples: Annotated[int, typer.Option(
+        "--num-samples", help="n of the population loss (n beta = n / log n).")] = 100_000,
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", help="key=value: sampler.<field> (e.g. sampler.step_size=1e-6) or an experiment "
+                      "config field (e.g. training.horizon=60); repeatable.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Output folder (writes llc.nc; llc.png/.pdf "
+                                                    "for --at along).")] = ...,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress.")] = False,
+) -> None:
+    """Local learning coefficient (SGLD estimate) at a point of an experiment or along training."""
+    from dlnlab.experiments.runner import progress_reporter
+    from dlnlab.io import atomic_save_figure, atomic_write_dataset
+    from dlnlab.llc.training import (
+        along_training_settings,
+        learning_coefficient_along_training,
+        learning_coefficient_at,
+        load_training_config,
+    )
+
+    if at not in AT_CHOICES:
+        raise ValueError(f"at={at!r}: must be one of {', '.join(AT_CHOICES)}")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out={str(out)!r}: is a file, not a folder")
+    resolved, sampler_fields = load_training_config(config, overrides or [])
+    settings = along_training_settings(**sampler_fields)
+    with progress_reporter(quiet) as reporter:
+        factory = None if reporter is None else reporter("llc")
+        if at == "along":
+            ds = learning_coefficient_along_training(
+                resolved, methods=methods or ("gd", "sgd"), runs=runs, num_checkpoints=checkpoints,
+                num_samples=num_samples, settings=settings, progress_factory=factory)
+        else:
+            if methods and len(methods) > 1:
+                raise ValueError(f"method={','.join(methods)}: --at {at} takes one method")
+            ds = learning_coefficient_at(resolved, at, method=(methods or ["gd"])[0], run=run,
+                                         num_samples=num_samples, settings=settings,
+                                         progress_factory=factory, warn=False)
+    path = atomic_write_dataset(ds, out / "llc.nc")
+    if at == "along":
+        from dlnlab.plot.llc import along_training_figure
+
+        figure = along_training_figure(ds)
+        for suffix in ("png", "pdf"):
+            atomic_save_figure(figure, out / f"llc.{suffix}")
+        _print_along(ds)
+    else:
+        _print_point(ds)
+    typer.echo(f"-> {path}")
+
+
+def _print_point(ds) -> None:
+    a = ds.attrs
+    line = (f"llc at {a['at']} (widths {tuple(a['widths'])}, n = {a['num_samples']}): estimate "
+            f"{_number(float(ds.learning_coefficient))} ± "
+            f"{_number(float(ds.learning_coefficient_standard_error), '.2g')} "
+            f"({a['num_chains_used']} chains, mean acceptance "
+            f"{_number(float(ds.mean_acceptance.mean()), '.2f')})")
+    typer.echo(line)
+    exact = float(a["exact_learning_coefficient"])
+    if exact == exact:
+        typer.echo(f"exact λ = {exact:g} (multiplicity {a['exact_multiplicity']}, rank "
+                   f"{a['rank_learned']}): {a['exact_description']}")
+    else:
+        typer.echo(f"exact λ: {a['exact_description']}")
+    if a.get("warnings"):
+        typer.echo(f"warnings: {a['warnings']}")
+
+
+def _print_along(ds) -> None:
+    import numpy as np
+
+    typer.echo(f"llc along training ({ds.attrs['description'].split(':')[0]}); widths "
+               f"{tuple(ds.attrs['widths'])}, {ds.sizes['run']} runs, median over runs:")
+    for i, method in enumerate(ds.method_name.values):
+        d = ds.isel(method_name=i)
+        typer.echo(f"  {method}:   t   rank  estimate   exact(rank)  acceptance  flagged chains")
+        for c in range(ds.sizes["checkpoint"]):
+            e = d.isel(checkpoint=c)
+            with np.errstate(all="ignore"):
+                estimate = float(np.nanmedian(e.learning_coefficient.values))
+            exact = float(np.median(e.exact_truncation_coefficient.values))
+            typer.echo(f"  {float(e.time):9.3g} {int(np.median(e.rank_learned.values)):4d} "
+                       f"{_number(estimate, '10.4g')} {exact:10.4g}"
+                       f"   {_number(float(np.nanmean(e.mean_acceptance.values)), '.2f'):>9}"
+                       f"  {int(e.flagged_chains.sum()):3d}/{int(e.chains_used.sum())}")
+    count = int((ds.warning_count > 0).sum())
+    if count:
+        typer.echo(f"warnings on {count} of {ds.learning_coefficient.size} estimates (see the "
+                   "'warnings' variable)")
+
+
+PROTOCOLS = ("calibrated", "published")
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    parts = text.split("/")
+    try:
+        k, n = (int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"shard={text!r}: must be K/N with integers 0 <= K < N, e.g. 0/4") from None
+    if not 0 <= k < n:
+        raise ValueError(f"shard={text!r}: must be K/N with integers 0 <= K < N, e.g. 0/4")
+    return k, n
+
+
+def llc_benchmark_command(
+    out: Annotated[Path, typer.Option("--out", help="Output folder: benchmark.nc (written after every "
+                                                    "network; a rerun resumes), table.md, "
+                                                    "calibration.png/.pdf.")] = ...,
+    protocol: Annotated[str, typer.Option(
+        "--protocol", help="calibrated (unit-variance inputs, step adapted to 0.99 acceptance, 10x "
+                           "the steps, 16 chains) | published (fixed step, 10,000 steps, inputs in "
+                           "[-10, 10]).")] = "calibrated",
+    classes: Annotated[str, typer.Option("--classes", help="Size classes, comma-separated: 1K, 10K, "
+                                                           "100K (100K: for an accelerator).")] = "1K,10K",
+    networks: Annotated[int, typer.Option("--networks", help="Random networks per class.")] = 100,
+    chains: Annotated[int | None, typer.Option("--chains", help="Chains per estimate (default: the "
+                                                                "protocol's).")] = None,
+    steps_scale: Annotated[float | None, typer.Option(
+        "--steps-scale", help="Multiplies each class's published number of steps (default: the "
+                              "protocol's).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the networks, data and chains.")] = 0,
+    shard: Annotated[str, typer.Option("--shard", help="K/N: run only the networks with index = K "
+                                                       "mod N (join the parts with --merge).")] = "0/1",
+    merge: Annotated[list[Path] | None, typer.Option(
+        "--merge", help="Instead of running: join these benchmark folders (repeatable) into --out.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines.")] = False,
+) -> None:
+    """Benchmark the SGLD learning-coefficient estimator against the exact values (docs/llc.md)."""
+    import sys
+
+    from dlnlab.io import atomic_save_figure, atomic_write_dataset, atomic_write_text, read_dataset
+    from dlnlab.llc.benchmark import (
+        BenchmarkSettings,
+        format_table,
+        merge_benchmarks,
+        run_benchmark,
+        summary_table,
+    )
+    from dlnlab.plot.llc import calibration_figure
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out={str(out)!r}: is a file, not a folder")
+    if merge:
+        for folder in merge:
+            if not (folder / "benchmark.nc").is_file():
+                raise ValueError(f"merge={str(folder)!r}: holds no benchmark.nc")
+        ds = merge_benchmarks([read_dataset(folder / "benchmark.nc", what="benchmark") for folder in merge])
+        atomic_write_dataset(ds, out / "benchmark.nc")
+    else:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol={protocol!r}: must be one of {', '.join(PROTOCOLS)}")
+        names = tuple(name.strip() for name in classes.split(","))
+        fields = {"classes": names, "num_networks": networks, "seed": seed}
+        if chains is not None:
+            fields["num_chains"] = chains
+        if steps_scale is not None:
+            fields["steps_scale"] = steps_scale
+        settings = (BenchmarkSettings.calibrated if protocol == "calibrated" else
+                    BenchmarkSettings.published)(**fields).validate()
+        part = _parse_shard(shard)
+
+        def progress(line: str) -> None:
+            if not quiet:
+                print(line, file=sys.stderr, flush=True)
+
+        ds = run_benchmark(settings, out, progress=progress, shard=part)
+    rows = summary_table(ds)
+    table = format_table(rows)
+    atomic_write_text(table + "\n", out / "table.md")
+    figure = calibration_figure(ds)
+    for suffix in ("png", "pdf"):
+        atomic_save_figure(figure, out / f"calibration.{suffix}")
+    typer.echo(table)
+    typer.echo(f"-> {out / 'benchmark.nc'}")
