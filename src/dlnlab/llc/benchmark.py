@@ -172,7 +172,7 @@ def benchmark_network(key, size_class: SizeClass, settings: BenchmarkSettings) -
     exact = learning_coefficient(widths, rank)
     sampler = settings.sampler(size_class)
     record = {"size_class": size_class.name, "num_layers": len(widths) - 1,
-              "widths": ",".join(map(str, widths)), "rank": rank,
+              "widths": ",".join(map(str, widths)), "true_rank": rank,
               "num_parameters": parameter_count(widths), "exact": float(exact.value),
               "exact_fraction": str(exact.value), "multiplicity": exact.multiplicity}
     n = size_class.num_samples
@@ -204,7 +204,7 @@ VARIABLE_ATTRS = {
     "exact": {"long_name": "exact learning coefficient (Aoyagi 2024)", "units": "1"},
     "multiplicity": {"long_name": "multiplicity m", "units": "1"},
     "num_parameters": {"units": "1"},
-    "rank": {"long_name": "rank of the true map", "units": "1"},
+    "true_rank": {"long_name": "rank of the true map", "units": "1"},
 }
 
 
@@ -258,7 +258,7 @@ def run_benchmark(settings: BenchmarkSettings, out: str | Path | None = None, *,
                     count = len(done)
                     left = (total - count) * elapsed / max(1, count - len(finished))
                     progress(f"llc-benchmark: {count}/{total} networks ({name} {record['widths']} rank "
-                             f"{record['rank']}: exact {record['exact']:.1f}, "
+                             f"{record['true_rank']}: exact {record['exact']:.1f}, "
                              + ", ".join(f"{k} {record[f'{k}_estimate']:.1f}" for k in settings.losses)
                              + f"), {elapsed:.0f} s elapsed, ~{left:.0f} s left")
     return _dataset(done, fingerprint)
