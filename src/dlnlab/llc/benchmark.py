@@ -365,13 +365,17 @@ def summary_table(ds: xr.Dataset, *, confidence_level: float = 0.95, key=None) -
 
 def format_table(rows: Sequence[dict]) -> str:
     """Markdown table of :func:`summary_table` rows."""
+    def interval(low: float, high: float) -> str:
+        finite = math.isfinite(low) and math.isfinite(high)
+        return f"[{low:.1%}, {high:.1%}]" if finite else "[n/a: < 3 networks]"
+
     lines = ["| class | loss | networks | median abs. rel. error [95% CI] | 95th percentile [95% CI] | "
              "median signed error | target | met |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lo, hi = r["median_interval"]
         plo, phi = r["percentile_95_interval"]
         lines.append(f"| {r['size_class']} | {r['loss']} | {r['finite']}/{r['networks']} | "
-                     f"{r['median']:.1%} [{lo:.1%}, {hi:.1%}] | "
-                     f"{r['percentile_95']:.1%} [{plo:.1%}, {phi:.1%}] | "
+                     f"{r['median']:.1%} {interval(lo, hi)} | "
+                     f"{r['percentile_95']:.1%} {interval(plo, phi)} | "
                      f"{r['median_signed']:+.1%} | {r['target']} | {'yes' if r['met'] else 'no'} |")
     return "\n".join(lines)

@@ -198,8 +198,9 @@ def calibration_figure(ds: xr.Dataset) -> Figure:
                 bottom.axhline(sign * level, color="grey", lw=0.8, ls=style,
                                label=f"±{level}%" if sign > 0 else None)
         bottom.axhline(0, color="black", lw=0.8)
-        bottom.set(xscale="log", xlim=(low, high), xlabel="exact learning coefficient λ",
+        bottom.set(xscale="log", xlim=(exact.min() / 1.3, exact.max() * 1.3),
+                   xlabel="exact learning coefficient λ",
                    ylabel="relative error (λ̂ − λ)/λ (%)", ylim=(-span, span))
-        bottom.legend(fontsize=8, loc="lower right", ncol=3)
+        bottom.legend(fontsize=8, loc="best", ncol=3)
     fig.tight_layout()
     return fig
