@@ -259,9 +259,9 @@ def test_partial_run_resumes_the_missing_networks(reference, tmp_path, monkeypat
     calls = []
     original = benchmark.benchmark_network
 
-    def counting(key, size_class, settings):
+    def counting(key, size_class, settings, **options):
         calls.append(size_class.name)
-        return original(key, size_class, settings)
+        return original(key, size_class, settings, **options)
 
     monkeypatch.setattr(benchmark, "benchmark_network", counting)
     resumed = benchmark.run_benchmark(benchmark.BenchmarkSettings(**TINY), tmp_path)
@@ -541,7 +541,10 @@ def test_cli_writes_the_benchmark_and_merges_shards(reference, tmp_path, capsys)
     assert code == 0, err
     ds = xr.open_dataset(out / "benchmark.nc").load()
     assert_same_records(ds, whole)
-    table = (out / "table.md").read_text()
+    text = (out / "table.md").read_text()
+    context, table = text.split("\n\n", 1)
+    assert context.startswith("Settings: ") and "steps_scale = 0.02" in context
+    assert context.endswith("2 networks.")
     assert table.strip() == benchmark.format_table(benchmark.summary_table(whole)).strip()
     for loss in ("empirical", "population"):
         assert f"| 1K | {loss} | 2/2 |" in table
@@ -558,7 +561,7 @@ def test_cli_writes_the_benchmark_and_merges_shards(reference, tmp_path, capsys)
                                 "--merge", str(tmp_path / "shard1"))
     assert code == 0, err
     assert_same_records(xr.open_dataset(merged / "benchmark.nc").load(), whole)
-    assert (merged / "table.md").read_text() == table
+    assert (merged / "table.md").read_text() == text
     assert (merged / "calibration.png").is_file() and (merged / "calibration.pdf").is_file()
 
 

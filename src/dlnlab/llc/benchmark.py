@@ -162,8 +162,10 @@ def random_network(key, size_class: SizeClass, dtype=jnp.float64):
     return widths, rank, weights
 
 
-def benchmark_network(key, size_class: SizeClass, settings: BenchmarkSettings) -> dict:
-    """Estimate the learning coefficient of one random network with each loss; returns a record."""
+def benchmark_network(key, size_class: SizeClass, settings: BenchmarkSettings, *,
+                      progress_factory: Callable | None = None) -> dict:
+    """Estimate the learning coefficient of one random network with each loss; returns a record.
+    ``progress_factory(label, total) -> update(done, total)`` reports each estimate's steps."""
     k_net, k_data, k_batches, k_empirical, k_population = jax.random.split(key, 5)
     widths, rank, weights = random_network(k_net, size_class)
     teacher = weights[0]
@@ -188,7 +190,9 @@ def benchmark_network(key, size_class: SizeClass, settings: BenchmarkSettings) -
             covariance = (settings.input_half_width ** 2 / 3.0) * jnp.eye(widths[0], dtype=teacher.dtype)
             model = population_loss_model(teacher, covariance, num_samples=n)
             chain_key = k_population
-        ds = estimate_learning_coefficient(weights, model, chain_key, sampler, warn=False)
+        update = (None if progress_factory is None else progress_factory(
+            f"{size_class.name} {loss_kind} loss", sampler.num_burnin_steps + sampler.num_draws))
+        ds = estimate_learning_coefficient(weights, model, chain_key, sampler, warn=False, progress=update)
         record[f"{loss_kind}_step_size"] = float(np.exp(np.log(ds.step_size.values).mean()))
         record[f"{loss_kind}_estimate"] = float(ds.learning_coefficient)
         record[f"{loss_kind}_standard_error"] = float(ds.learning_coefficient_standard_error)
@@ -208,11 +212,30 @@ VARIABLE_ATTRS = {
 }
 
 
+LOSS_VARIABLE_ATTRS = {
+    "estimate": {"long_name": "SGLD estimate of the learning coefficient, {loss} loss", "units": "1"},
+    "standard_error": {"long_name": "standard error over the chains, {loss} loss", "units": "1"},
+    "chain_spread": {"long_name": "standard deviation of the chains' estimates, {loss} loss",
+                     "units": "1"},
+    "mean_acceptance": {"long_name": "mean MALA acceptance over chains and checks, {loss} loss",
+                        "units": "1"},
+    "chains_used": {"long_name": "chains in the estimate (diverged ones left out), {loss} loss",
+                    "units": "1"},
+    "warnings": {"long_name": "the estimator's warnings, {loss} loss"},
+    "seconds": {"long_name": "wall time of the estimate, {loss} loss", "units": "s"},
+    "step_size": {"long_name": "geometric mean over chains of the step size of the draws, {loss} loss",
+                  "units": "weight^2"},
+}
+
+
 def run_benchmark(settings: BenchmarkSettings, out: str | Path | None = None, *,
                   progress: Callable[[str], None] | None = None,
-                  shard: tuple[int, int] = (0, 1)) -> xr.Dataset:
+                  shard: tuple[int, int] = (0, 1),
+                  progress_factory: Callable | None = None) -> xr.Dataset:
     """Run the benchmark; with ``out`` write ``benchmark.nc`` after each network and resume from it.
 
+    ``progress`` receives one line per finished network; ``progress_factory(label, total) ->
+    update(done, total)`` reports the steps of each estimate (for long networks).
     ``shard = (k, N)`` runs only the networks whose index is ``k`` modulo ``N`` (to spread one
     benchmark over processes or machines; :func:`merge_benchmarks` joins the parts). A network's
     result does not depend on the shard.
@@ -248,7 +271,8 @@ def run_benchmark(settings: BenchmarkSettings, out: str | Path | None = None, *,
             for index in range(shard[0], settings.num_networks, shard[1]):
                 if (name, index) in finished:
                     continue
-                record = benchmark_network(jax.random.fold_in(class_key, index), size_class, settings)
+                record = benchmark_network(jax.random.fold_in(class_key, index), size_class, settings,
+                                           progress_factory=progress_factory)
                 record["index"] = index
                 done.append(record)
                 if path is not None:
@@ -281,6 +305,11 @@ def _dataset(records: list[dict], fingerprint: str) -> xr.Dataset:
                 long_name=f"(estimate - exact) / exact, {loss_kind} loss", units="1")
     for key, attrs in VARIABLE_ATTRS.items():
         ds[key].attrs.update(attrs)
+    for loss_kind in ("empirical", "population"):
+        for suffix, attrs in LOSS_VARIABLE_ATTRS.items():
+            name = f"{loss_kind}_{suffix}"
+            if name in ds:
+                ds[name].attrs.update({key: value.format(loss=loss_kind) for key, value in attrs.items()})
     ds.attrs.update(benchmark_settings=fingerprint,
                     batch_size=BATCH_SIZE, localisation=LOCALISATION,
                     source="Lau et al. (AISTATS 2025) App. J; Furman & Lau (2024) App. E.2; docs/llc.md")

@@ -36,12 +36,12 @@ def llc_command(
     methods: Annotated[list[str] | None, typer.Option(
         "--method", help="Training method (repeatable for --at along; default gd and sgd there, "
                          "gd otherwise).")] = None,
-    run: Annotated[int, typer.Option("--run", help="Run index for --at init|end.")] = 0,
+    run: Annotated[int | None, typer.Option("--run", help="Run index for --at init|end (default 0).")] = None,
     runs: Annotated[int | None, typer.Option(
         "--runs", help="Runs per method for --at along (default: the config's runs; 4 if it sets "
                        "none).")] = None,
-    checkpoints: Annotated[int, typer.Option(
-        "--checkpoints", help="Checkpoints per run for --at along.")] = 16,
+    checkpoints: Annotated[int | None, typer.Option(
+        "--checkpoints", help="Checkpoints per run for --at along (default 16).")] = None,
     num_samples: Annotated[int, typer.Option(
         "--num-samples", help="n of the population loss (n beta = n / log n).")] = 100_000,
     overrides: Annotated[list[str] | None, typer.Option(
@@ -63,6 +63,14 @@ def llc_command(
 
     if at not in AT_CHOICES:
         raise ValueError(f"at={at!r}: must be one of {', '.join(AT_CHOICES)}")
+    if at != "along":
+        for flag, value in (("--runs", runs), ("--checkpoints", checkpoints)):
+            if value is not None:
+                raise ValueError(f"{flag}={value}: applies only to --at along")
+    if run is not None and at not in ("init", "end"):
+        raise ValueError(f"--run={run}: applies only to --at init and --at end")
+    run = 0 if run is None else run
+    checkpoints = 16 if checkpoints is None else checkpoints
     if out.exists() and not out.is_dir():
         raise ValueError(f"out={str(out)!r}: is a file, not a folder")
     resolved, sampler_fields = load_training_config(config, overrides or [])
@@ -151,21 +159,26 @@ def llc_benchmark_command(
     out: Annotated[Path, typer.Option("--out", help="Output folder: benchmark.nc (written after every "
                                                     "network; a rerun resumes), table.md, "
                                                     "calibration.png/.pdf.")] = ...,
-    protocol: Annotated[str, typer.Option(
+    protocol: Annotated[str | None, typer.Option(
         "--protocol", help="calibrated (unit-variance inputs, step adapted to 0.99 acceptance, 10x "
                            "the steps, 16 chains) | published (fixed step, 10,000 steps, inputs in "
-                           "[-10, 10]).")] = "calibrated",
-    classes: Annotated[str, typer.Option("--classes", help="Size classes, comma-separated: 1K, 10K, "
-                                                           "100K (100K: for an accelerator).")] = "1K,10K",
-    networks: Annotated[int, typer.Option("--networks", help="Random networks per class.")] = 100,
+                           "[-10, 10]). Default: calibrated.")] = None,
+    classes: Annotated[str | None, typer.Option(
+        "--classes", help="Size classes, comma-separated: 1K, 10K, 100K (100K: for an accelerator). "
+                          "Default: 1K,10K.")] = None,
+    networks: Annotated[int | None, typer.Option("--networks", help="Random networks per class "
+                                                                    "(default 100).")] = None,
     chains: Annotated[int | None, typer.Option("--chains", help="Chains per estimate (default: the "
                                                                 "protocol's).")] = None,
     steps_scale: Annotated[float | None, typer.Option(
-        "--steps-scale", help="Multiplies each class's published number of steps (default: the "
-                              "protocol's).")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the networks, data and chains.")] = 0,
-    shard: Annotated[str, typer.Option("--shard", help="K/N: run only the networks with index = K "
-                                                       "mod N (join the parts with --merge).")] = "0/1",
+        "--steps-scale", help="Number of steps as a multiple of the class's published 10,000 (1K, "
+                              "10K) or 50,000 (100K); default: 10 for calibrated, 1 for published. "
+                              "Short calibrated runs barely adapt the step.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the networks, data and chains "
+                                                            "(default 0).")] = None,
+    shard: Annotated[str | None, typer.Option("--shard", help="K/N: run only the networks with index "
+                                                              "= K mod N (join the parts with "
+                                                              "--merge). Default 0/1.")] = None,
     merge: Annotated[list[Path] | None, typer.Option(
         "--merge", help="Instead of running: join these benchmark folders (repeatable) into --out.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines.")] = False,
@@ -185,16 +198,28 @@ def llc_benchmark_command(
 
     if out.exists() and not out.is_dir():
         raise ValueError(f"out={str(out)!r}: is a file, not a folder")
+    given = {"--protocol": protocol, "--classes": classes, "--networks": networks, "--chains": chains,
+             "--steps-scale": steps_scale, "--seed": seed, "--shard": shard}
     if merge:
+        for flag, value in given.items():
+            if value is not None:
+                raise ValueError(f"{flag}={value}: does not apply with --merge (merging runs nothing)")
         for folder in merge:
             if not (folder / "benchmark.nc").is_file():
                 raise ValueError(f"merge={str(folder)!r}: holds no benchmark.nc")
         ds = merge_benchmarks([read_dataset(folder / "benchmark.nc", what="benchmark") for folder in merge])
         atomic_write_dataset(ds, out / "benchmark.nc")
     else:
+        protocol = "calibrated" if protocol is None else protocol
+        classes = "1K,10K" if classes is None else classes
+        networks = 100 if networks is None else networks
+        seed = 0 if seed is None else seed
+        shard = "0/1" if shard is None else shard
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol={protocol!r}: must be one of {', '.join(PROTOCOLS)}")
         names = tuple(name.strip() for name in classes.split(","))
+        if any(not name for name in names):
+            raise ValueError(f"--classes={classes!r}: must be comma-separated class names with none empty")
         fields = {"classes": names, "num_networks": networks, "seed": seed}
         if chains is not None:
             fields["num_chains"] = chains
@@ -208,10 +233,18 @@ def llc_benchmark_command(
             if not quiet:
                 print(line, file=sys.stderr, flush=True)
 
-        ds = run_benchmark(settings, out, progress=progress, shard=part)
+        from dlnlab.experiments.runner import line_progress_factory
+
+        ds = run_benchmark(settings, out, progress=progress, shard=part,
+                           progress_factory=None if quiet else line_progress_factory(label="llc-benchmark"))
+    import json
+
     rows = summary_table(ds)
     table = format_table(rows)
-    atomic_write_text(table + "\n", out / "table.md")
+    used = json.loads(ds.attrs["benchmark_settings"])
+    context = ("Settings: " + ", ".join(f"{k} = {used[k]}" for k in sorted(used))
+               + f". {ds.sizes['network']} networks.")
+    atomic_write_text(context + "\n\n" + table + "\n", out / "table.md")
     figure = calibration_figure(ds)
     for suffix in ("png", "pdf"):
         atomic_save_figure(figure, out / f"calibration.{suffix}")

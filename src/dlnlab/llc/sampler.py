@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 import jax
@@ -135,11 +136,13 @@ def _unflatten(flat, shapes):
     return tuple(out)
 
 
-def _make_chain_runner(num_blocks_burnin: int, num_blocks_draws: int, block: int, rmsprop: bool,
+def _make_chain_runner(num_blocks_burnin: int, blocks_per_call: int, block: int, rmsprop: bool,
                        stochastic: bool, shapes: tuple[tuple[int, int], ...], adapt: bool):
-    """A jitted function of (keys, w0, model arrays, hyperparameters) -> traces. Static structure
-    only (the layer shapes, the numbers of steps, the variant): a new step size, localisation,
-    temperature or data set reuses the compiled function.
+    """A jitted function ``(keys, w0, model arrays, hyperparameters, carry, first block) -> (carry,
+    traces)`` advancing every chain by ``blocks_per_call`` blocks of ``block`` steps (the driver
+    calls it until the run is done, reporting progress in between). Static structure only (the
+    layer shapes, the block sizes, the variant): a new step size, localisation, temperature or data
+    set reuses the compiled function.
 
     One step evaluates the end-to-end product once: its vector-Jacobian product gives the
     minibatch gradient ``grad L_B = vjp(W S_xx,B - S_yx,B)`` and the same product gives the
@@ -151,7 +154,7 @@ def _make_chain_runner(num_blocks_burnin: int, num_blocks_draws: int, block: int
     def product(flat):
         return end_to_end(_unflatten(flat, shapes))
 
-    def chain(key, w0, model, hyper):
+    def chain(key, w0, model, hyper, carry, first_block):
         initial_step, gamma, nbeta, decay, stabiliser, target = hyper
         sxx, syx, tyy = model["sxx"], model["syx"], model["tyy"]
         key, check_root = jax.random.split(key)
@@ -215,21 +218,29 @@ def _make_chain_runner(num_blocks_burnin: int, num_blocks_draws: int, block: int
                 step_size = jnp.where(block_index < num_blocks_burnin, step_size * factor, step_size)
             return (w, second_moment, step_size), (fits, distances, accept, step_size)
 
-        (_, _, final_step), (fits, distances, accept, steps) = jax.lax.scan(
-            one_block, (w0, jnp.zeros_like(w0), initial_step),
-            jnp.arange(num_blocks_burnin + num_blocks_draws))
-        return fits.reshape(-1), distances.reshape(-1), accept, final_step
+        carry, (fits, distances, accept, steps) = jax.lax.scan(
+            one_block, carry, first_block + jnp.arange(blocks_per_call))
+        return carry, (fits.reshape(-1), distances.reshape(-1), accept)
 
-    return jax.jit(jax.vmap(chain, in_axes=(0, None, None, None)))
+    return jax.jit(jax.vmap(chain, in_axes=(0, None, None, None, 0, None)))
+
+
+def _blocks_per_call(total_blocks: int) -> int:
+    """The largest divisor of ``total_blocks`` that is at most ``total_blocks / 20`` (about 20 calls,
+    so progress is reported about 20 times)."""
+    limit = max(1, total_blocks // 20)
+    return max(d for d in range(1, limit + 1) if total_blocks % d == 0)
 
 
 def _runner(settings: SamplerSettings, stochastic: bool, shapes):
-    """The compiled chains for this structure (one compilation per structure, cached by
-    ``functools.lru_cache`` on the static signature)."""
+    """The compiled chains for this structure and the blocks per call (one compilation per
+    structure, cached by ``functools.lru_cache`` on the static signature)."""
     block = settings.diagnostic_every
-    return _compiled_runner(settings.num_burnin_steps // block, settings.num_draws // block, block,
+    total = (settings.num_burnin_steps + settings.num_draws) // block
+    per_call = _blocks_per_call(total)
+    return _compiled_runner(settings.num_burnin_steps // block, per_call, block,
                             settings.preconditioner == "rmsprop", stochastic, shapes,
-                            settings.adapt_step_size)
+                            settings.adapt_step_size), per_call, total
 
 
 _compiled_runner = functools.lru_cache(maxsize=32)(_make_chain_runner)
@@ -238,7 +249,8 @@ _compiled_runner = functools.lru_cache(maxsize=32)(_make_chain_runner)
 # ----------------------------------------------------------------------------- the estimate
 def estimate_learning_coefficient(weights, loss_model: LossModel, key,
                                   settings: SamplerSettings | None = None, *,
-                                  warn: bool = True) -> xr.Dataset:
+                                  warn: bool = True,
+                                  progress: Callable[[int, int], None] | None = None) -> xr.Dataset:
     """SGLD estimate of the local learning coefficient at ``weights`` (module docstring).
 
     Args:
@@ -248,6 +260,8 @@ def estimate_learning_coefficient(weights, loss_model: LossModel, key,
         key: PRNG key of the chains.
         settings: :class:`SamplerSettings` (default: the published protocol).
         warn: emit :class:`LearningCoefficientWarning` for unhealthy chains.
+        progress: called as ``progress(steps done, total steps)`` about 20 times during the run
+            (e.g. an ``update`` of :func:`dlnlab.experiments.runner.line_progress_factory`).
 
     Returns:
         ``xr.Dataset`` with ``learning_coefficient`` (mean over the chains that did not diverge),
@@ -263,8 +277,17 @@ def estimate_learning_coefficient(weights, loss_model: LossModel, key,
     settings = settings if settings is not None else SamplerSettings()
     if not isinstance(settings, SamplerSettings):
         v.fail("settings", type(settings).__name__, "must be a dlnlab.llc.SamplerSettings")
+    if not isinstance(loss_model, LossModel):
+        v.fail("loss_model", type(loss_model).__name__, "must be a dlnlab.llc.LossModel "
+                                                       "(population_loss_model, empirical_loss_model)")
+    key_dtype = getattr(key, "dtype", None)
+    if not (key_dtype is not None and (jax.dtypes.issubdtype(key_dtype, jax.dtypes.prng_key)
+                                       or (key_dtype == np.uint32 and getattr(key, "shape", None) == (2,)))):
+        v.fail("key", key, "must be a JAX PRNG key (jax.random.key(seed))")
     widths = v.check_weights(weights, loss_model.d_in, loss_model.d_out)
     dtype = jnp.result_type(*[jnp.asarray(w).dtype for w in weights])
+    if not jnp.issubdtype(dtype, jnp.floating):
+        v.fail("weights dtype", str(dtype), "must be a floating-point dtype (float32 or float64)")
     layers = tuple(jnp.asarray(w, dtype=dtype) for w in weights)
     for index, w in enumerate(layers):
         v.finite_array(f"weights[{index}]", w)
@@ -282,10 +305,21 @@ def estimate_learning_coefficient(weights, loss_model: LossModel, key,
                                                   settings.rmsprop_decay, settings.rmsprop_stabiliser,
                                                   settings.target_acceptance))
     keys = jax.random.split(key, settings.num_chains)
-    fits, distances, accept, final_step = _runner(settings, loss_model.stochastic, shapes)(keys, w0, model,
-                                                                                          hyper)
-    fits, distances, accept, final_step = (np.asarray(a, dtype=np.float64)
-                                           for a in (fits, distances, accept, final_step))
+    runner, per_call, total = _runner(settings, loss_model.stochastic, shapes)
+    chains = settings.num_chains
+    carry = (jnp.broadcast_to(w0, (chains,) + w0.shape), jnp.zeros((chains,) + w0.shape, dtype),
+             jnp.full((chains,), hyper[0], dtype))
+    parts = []
+    block = settings.diagnostic_every
+    for first in range(0, total, per_call):
+        carry, traces = runner(keys, w0, model, hyper, carry, jnp.asarray(first, jnp.int32))
+        parts.append(traces)
+        if progress is not None:
+            jax.block_until_ready(carry)
+            progress((first + per_call) * block, total * block)
+    fits, distances, accept = (np.concatenate([np.asarray(part[i], dtype=np.float64) for part in parts],
+                                              axis=1) for i in range(3))
+    final_step = np.asarray(carry[2], dtype=np.float64)
     initial = float(moment_loss(end_to_end(layers), model["sxx"], model["syx"], model["tyy"]))
     return _dataset(fits, distances, accept, final_step, initial, nbeta, settings, loss_model, widths, warn)
 
@@ -328,19 +362,24 @@ def _dataset(fits, distances, accept, final_step, initial, nbeta, settings, loss
                                f"{count} of {settings.num_chains} chains (diverged chains left out)"}),
             "learning_coefficient_standard_error": ((), standard_error, {
                 "units": "1", "description": "standard deviation over the chains / sqrt(chains used)"}),
-            "chain_learning_coefficient": (("chain",), per_chain, {"units": "1"}),
+            "chain_learning_coefficient": (("chain",), per_chain, {
+                "long_name": "each chain's estimate n beta (mean L_n over its draws - L_n(w0))",
+                "units": "1"}),
             "loss_trace": (("chain", "step"), fits, {
-                "long_name": "whole-data loss L_n(w_t)", "units": "loss"}),
+                "long_name": "whole-data loss L_n(w_t)", "units": "loss",
+                "description": f"state w_t before update t; the draws are steps >= {burn}"}),
             "distance_trace": (("chain", "step"), distances, {
                 "long_name": "squared distance to w0", "units": "weight^2"}),
             "acceptance": (("chain", "check_step"), accept, {
                 "long_name": "MALA acceptance probability of an exact-gradient Langevin proposal",
                 "units": "1"}),
-            "mean_acceptance": (("chain",), mean_acceptance, {"units": "1"}),
+            "mean_acceptance": (("chain",), mean_acceptance, {
+                "long_name": "mean MALA acceptance probability over the checks", "units": "1"}),
             "step_size": (("chain",), final_step, {
                 "long_name": "step size epsilon of the draws (adapted during burn-in when "
                              "adapt_step_size)", "units": "weight^2"}),
-            "diverged": (("chain",), diverged),
+            "diverged": (("chain",), diverged, {
+                "description": "a non-finite loss or distance: left out of the estimate"}),
             "left_localisation": (("chain",), left, {
                 "description": f"max ||w - w0||^2 over the draws exceeded the (1 - 0.001 / num_draws) "
                                f"quantile of the localisation prior ({region:.4g})"}),
@@ -348,7 +387,9 @@ def _dataset(fits, distances, accept, final_step, initial, nbeta, settings, loss
                 "description": "the two halves of the draws differ by more than 4 standard errors "
                                "(batch means)"}),
         },
-        coords={"chain": np.arange(settings.num_chains), "step": steps, "check_step": checks},
+        coords={"chain": ("chain", np.arange(settings.num_chains), {"long_name": "chain index"}),
+                "step": ("step", steps, {"long_name": "sampler step (burn-in, then draws)"}),
+                "check_step": ("check_step", checks, {"long_name": "step of the acceptance check"})},
         attrs={
             "num_samples": loss_model.num_samples, "inverse_temperature": nbeta,
             "initial_loss": initial, "num_parameters": num_parameters, "widths": list(widths),

@@ -485,8 +485,10 @@ def learning_coefficient_at(config: ExperimentConfig | None = None, at: str = "s
     else:
         point = tuple(np.asarray(w[run]) for w in weights)
         rank = teacher_rank if at == "solution" else -1
+    update = (None if progress_factory is None else progress_factory(
+        "estimate", settings.num_burnin_steps + settings.num_draws))
     est = estimate_learning_coefficient(point, model, _chain_key(config, method, run, 0), settings,
-                                        warn=warn)
+                                        warn=warn, progress=update)
     if at == "init":
         value, multiplicity = np.nan, -1
         description = "none: the initial weights are not a critical point of the loss"
