@@ -263,6 +263,18 @@ _PER_ESTIMATE = ("learning_coefficient", "learning_coefficient_standard_error", 
                  "mean_acceptance", "chains_used", "flagged_chains", "warning_count", "warnings")
 
 
+def _prepare(config: ExperimentConfig, num_samples: int):
+    """``(task, loss model, widths, spectrum, teacher rank, initial weights)`` of a checked config
+    (float64 required)."""
+    _check_x64(config)
+    task = build_task(config)
+    model = task_loss_model(task, num_samples=num_samples)
+    widths = tuple(int(w) for w in config.task.widths)
+    spectrum = np.asarray(task.spectrum, dtype=np.float64)
+    teacher_rank = int(np.sum(spectrum > 0))
+    return task, model, widths, spectrum, teacher_rank, initial_weights(config, task=task)
+
+
 def learning_coefficient_along_training(
         config: ExperimentConfig | None = None, *, methods: Sequence[str] = DEFAULT_METHODS,
         runs: int | None = None, num_checkpoints: int = DEFAULT_CHECKPOINTS,
@@ -311,13 +323,7 @@ def learning_coefficient_along_training(
         methods = [methods]
     config = training_config(config, methods=methods,
                              runs=(DEFAULT_RUNS if config is None else None) if runs is None else runs)
-    _check_x64(config)
-    task = build_task(config)
-    model = task_loss_model(task, num_samples=num_samples)
-    widths = tuple(int(w) for w in config.task.widths)
-    spectrum = np.asarray(task.spectrum, dtype=np.float64)
-    teacher_rank = int(np.sum(spectrum > 0))
-    weights = initial_weights(config, task=task)
+    task, model, widths, spectrum, teacher_rank, weights = _prepare(config, num_samples)
     times = record_times(config, task)
     checkpoints = checkpoint_times(config, num_checkpoints, task)
     at = np.searchsorted(times, checkpoints)
@@ -460,13 +466,7 @@ def learning_coefficient_at(config: ExperimentConfig | None = None, at: str = "s
     runs = run + 1
     config = training_config(config, methods=[method], runs=runs,
                              init_kind="solution" if at == "solution" else None)
-    _check_x64(config)
-    task = build_task(config)
-    model = task_loss_model(task, num_samples=num_samples)
-    widths = tuple(int(w) for w in config.task.widths)
-    spectrum = np.asarray(task.spectrum, dtype=np.float64)
-    teacher_rank = int(np.sum(spectrum > 0))
-    weights = initial_weights(config, task=task)
+    task, model, widths, spectrum, teacher_rank, weights = _prepare(config, num_samples)
     time = 0.0
     if at == "end":
         times = record_times(config, task)
