@@ -405,9 +405,10 @@ def _dataset(fits, distances, accept, final_step, initial, nbeta, settings, loss
         messages.append(f"{int(diverged.sum())} of {settings.num_chains} chains diverged "
                         "(left out of the estimate)")
     if left.any():
-        messages.append(f"{int(left.sum())} chains left the localisation region")
+        messages.append(f"{_chains(int(left.sum()))} left the localisation region")
     if not_stationary.any():
-        messages.append(f"{int(not_stationary.sum())} chains are not stationary over the draws "
+        count = int(not_stationary.sum())
+        messages.append(f"{_chains(count)} {'is' if count == 1 else 'are'} not stationary over the draws "
                         "(more burn-in steps or a larger step size)")
     finite_acceptance = mean_acceptance[np.isfinite(mean_acceptance)]
     if finite_acceptance.size and finite_acceptance.min() < 0.5:
@@ -421,6 +422,10 @@ def _dataset(fits, distances, accept, final_step, initial, nbeta, settings, loss
         warnings.warn("learning coefficient: " + "; ".join(messages), LearningCoefficientWarning,
                       stacklevel=3)
     return dataset
+
+
+def _chains(count: int) -> str:
+    return f"{count} chain" if count == 1 else f"{count} chains"
 
 
 def _batch_means_variance(chains: np.ndarray, num_batches: int = 10) -> np.ndarray:
