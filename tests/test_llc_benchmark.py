@@ -36,14 +36,6 @@ TINY_CLI = ["--protocol", "published", "--classes", "1K", "--networks", "2", "--
 TIMING_FIELDS = ("empirical_seconds", "population_seconds")
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    """Float64 for every test here, restoring the previous setting afterwards."""
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
-
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):

@@ -43,16 +43,6 @@ from conftest import assert_close_mc, assert_rejected_mc
 from dlnlab import llc
 from dlnlab.core import loss as core_loss
 
-
-@pytest.fixture(autouse=True)
-def float64():
-    """Float64 for every test here, restoring the previous setting afterwards."""
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
-
-
 # ----------------------------------------------------------------------------- shared problems
 D_IN, D_OUT = 3, 2
 NUM_PARAMETERS = D_IN * D_OUT
