@@ -291,3 +291,62 @@ def test_new_valid_numbers_do_not_recompile():
     en.simulate(stepper, weights, dy.Hyperparameters(0.02), ROOT, recording)
     en.simulate(stepper, weights, dy.Hyperparameters(np.array([0.01, 0.02, 0.03])), ROOT, recording)
     assert engine_module._advance_jit._cache_size() == size
+
+
+def test_unrolled_threefry_is_bit_identical_to_jax():
+    """The engine's unrolled Threefry-2x32 (a fused pass on CPU) gives exactly JAX's words, and
+    the counter normals built on it are jax.random.normal's transform of those words; a cipher
+    with one rotation changed differs (the comparison can fail)."""
+    from jax.extend.random import threefry2x32_p
+
+    from dlnlab.dynamics import _ops as ops
+
+    rng = np.random.default_rng(7)
+    k1, k2, x1, x2 = (jnp.asarray(rng.integers(0, 2**32, (3, 5, 7), dtype=np.uint32)) for _ in range(4))
+    ours = jax.jit(ops.threefry2x32)(k1, k2, x1, x2)
+    reference = threefry2x32_p.bind(k1, k2, x1, x2)
+    for a, b in zip(ours, reference, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # broadcasting operands (keys per run, counters per step) as counter_bits uses them
+    words = jnp.asarray(rng.integers(0, 2**32, (2, 4), dtype=np.uint32))
+    bits = ops.counter_bits(words, jnp.arange(3), 5, stream=2)
+    half = 3
+    full = tuple(jnp.broadcast_to(x, (3, half, 4)) for x in (
+        words[0], words[1], jnp.arange(3, dtype=jnp.uint32)[:, None, None],
+        (jnp.arange(half, dtype=jnp.uint32) + jnp.uint32(2 << 24))[None, :, None]))
+    o1, o2 = threefry2x32_p.bind(*full)
+    np.testing.assert_array_equal(np.asarray(bits), np.asarray(jnp.concatenate([o1, o2], 1)[:, :5]))
+    # a wrong rotation is caught by the same comparison
+    saved = ops._THREEFRY_ROTATIONS
+    try:
+        ops._THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 25))
+        wrong = ops.threefry2x32(k1, k2, x1, x2)
+        assert not np.array_equal(np.asarray(wrong[0]), np.asarray(reference[0]))
+    finally:
+        ops._THREEFRY_ROTATIONS = saved
+
+
+@pytest.mark.parametrize("method", ["sgd", "sde"])
+def test_todays_steppers_give_the_bits_of_the_steppers_before_issue_15(method):
+    """The speed work keeps results: online SGD and the anisotropic SDE give exactly the weights
+    of the frozen pre-issue-15 steppers (``dlnlab._baseline_ops``, the ``dlnlab bench`` yardstick),
+    float32, 1024 runs in the default layout; a changed learning rate is caught."""
+    from dlnlab._baseline_ops import _baseline_steppers
+
+    before_sgd, before_sde = _baseline_steppers()
+    task = d.Task.from_spectrum(jax.random.key(1), 12, 12, [1.0, 2 / 3, 1 / 3], dtype=jnp.float32)
+    weights = d.init_gaussian(jax.random.key(2), (12,) * 5, 2.0, dtype=jnp.float32)
+    batched = tuple(jnp.broadcast_to(w[None], (1024,) + w.shape) + 0 for w in weights)
+    if method == "sgd":
+        pairs = (dy.OnlineSGD(task), before_sgd(task), dy.Hyperparameters(0.05))
+        wrong = dy.Hyperparameters(0.05 * (1 + 2**-20))
+    else:
+        pairs = (dy.AnisotropicLangevin(task), before_sde(task), dy.StepSizeHyperparameters(0.05, 1.0, 0.01))
+        wrong = dy.StepSizeHyperparameters(0.05 * (1 + 2**-20), 1.0, 0.01)
+    now, before, hp = pairs
+    a = en.advance_from(now, batched, hp, jax.random.key(3))(100)[0].weights
+    b = en.advance_from(before, batched, hp, jax.random.key(3))(100)[0].weights
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    c = en.advance_from(before, batched, wrong, jax.random.key(3))(100)[0].weights
+    assert not all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, c, strict=True))

@@ -225,11 +225,11 @@ def test_bench_json_schema(capsys, monkeypatch):
         assert {"name", "config", "run_steps_per_s", "baseline_run_steps_per_s", "ratio",
                 "device"} <= set(r)
         assert r["run_steps_per_s"] > 0
-    assert [r["name"] for r in results] == ["online_sgd", "anisotropic_sde", "recording",
-                                                "record_loss_only"]
+    assert [r["name"] for r in results] == ["online_sgd", "anisotropic_sde", "online_sgd_vs_before",
+                                            "anisotropic_sde_vs_before", "recording", "record_loss_only"]
     sgd = results[0]
     assert sgd["ratio"] == pytest.approx(sgd["run_steps_per_s"] / sgd["baseline_run_steps_per_s"])
-    assert jax.numpy.isfinite(results[2]["peak_rss_mb"])
+    assert jax.numpy.isfinite(results[4]["peak_rss_mb"])
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)

@@ -184,11 +184,56 @@ def run_benchmarks(quick: bool = False, progress: bool = True, *, runs: int = RU
                         device=device, compile_s=compile_s,
                         baseline="dense Sigma (576x576) + eigh per step, NumPy"))
 
+    results.extend(_versus_before_cases(task, weights, lr, h, runs, quick, min_seconds, device, say))
+
     if recording_steps is None:
         recording_steps = 10**5 if quick else 10**6
     results.append(_recording_case(task, weights, lr, runs, recording_steps, device, say))
     results.append(_observables_case(task, weights, lr, runs, 4096 if quick else 16384, device, say))
     return results
+
+
+def _interleaved_rates(calls, work: float, min_seconds: float, repeats: int = 5) -> list[float]:
+    """Median rate of each call, the calls timed in turn ``repeats`` times (each repetition at
+    least ``min_seconds / repeats``): load that comes and goes hits every call alike, so their
+    ratio is steadier than two separate medians on a shared machine."""
+    rates = [[] for _ in calls]
+    for _ in range(repeats):
+        for index, call in enumerate(calls):
+            rates[index].append(_median_rate(call, work, min_seconds / repeats, repeats=1))
+    return [float(np.median(r)) for r in rates]
+
+
+def _versus_before_cases(task, weights, lr, h, runs, quick, min_seconds, device, say) -> list[dict]:
+    """Today's steppers against the frozen copy of the steppers before issue 15
+    (:mod:`dlnlab._baseline_ops`), same problem, layout and key, timed in turn in this run."""
+    from ._baseline_ops import _baseline_steppers
+    from .dynamics import AnisotropicLangevin, Hyperparameters, OnlineSGD, StepSizeHyperparameters
+    from .engine import advance_from
+
+    before_sgd, before_sde = _baseline_steppers()
+    batched = tuple(jnp.broadcast_to(w[None], (runs,) + w.shape) + 0 for w in weights)
+    out = []
+    for name, now, before, hp, steps in (
+            ("online_sgd_vs_before", OnlineSGD(task), before_sgd(task), Hyperparameters(lr),
+             2048 if quick else 4096),
+            ("anisotropic_sde_vs_before", AnisotropicLangevin(task), before_sde(task),
+             StepSizeHyperparameters(lr, 1.0, h), 256 if quick else 512)):
+        say(f"{name}: today's stepper and the stepper before issue 15, in turn")
+        calls, compile_s = [], 0.0
+        for stepper in (now, before):
+            advance = advance_from(stepper, batched, hp, jax.random.key(3))
+            t0 = time.perf_counter()
+            jax.block_until_ready(advance(1))
+            compile_s = compile_s or time.perf_counter() - t0
+            jax.block_until_ready(advance(steps))
+            calls.append(lambda advance=advance, steps=steps: jax.block_until_ready(advance(steps)))
+        rate, base = _interleaved_rates(calls, runs * steps, 2 * min_seconds)
+        out.append(dict(name=name, config=f"L={DEPTH}, d={WIDTH}, B=1, float32, {runs} runs",
+                        run_steps_per_s=rate, baseline_run_steps_per_s=base, ratio=rate / base,
+                        device=device, compile_s=compile_s,
+                        baseline="the same stepper before issue 15 (dlnlab._baseline_ops)"))
+    return out
 
 
 def _observables_case(task, weights, lr, runs, steps, device, say) -> dict:
@@ -247,7 +292,8 @@ def print_results(results: list[dict]) -> None:
         table.add_column(header, justify="right" if header != "configuration" else "left")
     for r in results:
         base = "-" if r["baseline_run_steps_per_s"] is None else f"{r['baseline_run_steps_per_s']:.3g}"
-        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.0f}x"
+        ratio = "-" if r["ratio"] is None else (f"{r['ratio']:.0f}x" if r["ratio"] >= 10
+                                                else f"{r['ratio']:.2f}x")
         table.add_row(r["name"], r["config"], f"{r['run_steps_per_s']:.3g}", base, ratio,
                       f"{r['compile_s']:.2f}")
     console = Console()

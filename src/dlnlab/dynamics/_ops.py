@@ -21,7 +21,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend.random import threefry2x32_p
 
 from .._types import Array
 
@@ -103,6 +102,30 @@ def _bits_to_normal(bits: Array, dtype) -> Array:
     return out.astype(dtype)
 
 
+_THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def _rotate_left(x: Array, bits: int) -> Array:
+    return (x << np.uint32(bits)) | (x >> np.uint32(32 - bits))
+
+
+def threefry2x32(key1: Array, key2: Array, count1: Array, count2: Array) -> tuple[Array, Array]:
+    """The Threefry-2x32 block cipher (20 rounds; Salmon et al. 2011), unrolled: bit-identical to
+    ``jax.extend.random.threefry2x32_p`` (``tests/test_engine_trust.py`` checks it), whose CPU
+    lowering is a rolled loop that streams its state through memory five times. Unrolled, XLA fuses
+    the rounds into one pass (``dlnlab bench``: 2.3x fewer ns per word on this CPU). uint32 arrays
+    that broadcast together."""
+    keys = (key1, key2, key1 ^ key2 ^ np.uint32(0x1BD11BDA))
+    x0, x1 = count1 + keys[0], count2 + keys[1]
+    for index in range(5):
+        for bits in _THREEFRY_ROTATIONS[index % 2]:
+            x0 = x0 + x1
+            x1 = x0 ^ _rotate_left(x1, bits)
+        x0 = x0 + keys[(index + 1) % 3]
+        x1 = x1 + keys[(index + 2) % 3] + np.uint32(index + 1)
+    return x0, x1
+
+
 def counter_bits(words: Array, counter, count: int, stream: int = 0) -> Array:
     """``count`` uint32 words per run for each counter value: shape ``(*C, count, *R)``.
 
@@ -116,9 +139,8 @@ def counter_bits(words: Array, counter, count: int, stream: int = 0) -> Array:
     x1 = counter.reshape(counter.shape + (1,) * (1 + len(runs)))
     x2 = (np.arange(half, dtype=np.uint32) + np.uint32(stream << 24)).reshape(
         (half,) + (1,) * len(runs))
-    k1 = jnp.broadcast_to(words[0], shape)
-    k2 = jnp.broadcast_to(words[1], shape)
-    o1, o2 = threefry2x32_p.bind(k1, k2, jnp.broadcast_to(x1, shape), jnp.broadcast_to(x2, shape))
+    o1, o2 = threefry2x32(words[0], words[1], x1, x2)
+    o1, o2 = jnp.broadcast_to(o1, shape), jnp.broadcast_to(o2, shape)
     axis = counter.ndim
     bits = jnp.concatenate([o1, o2], axis=axis)
     return jax.lax.slice_in_dim(bits, 0, count, axis=axis)
