@@ -48,6 +48,10 @@ class Recording:
         object.__setattr__(self, "observables", observable_names(self.observables))
 
 
+#: The ways a step's matrix products can run over the runs (``Layout.product``).
+PRODUCTS = ("broadcast", "batched")
+
+
 @dataclasses.dataclass(frozen=True)
 class Layout:
     """How the runs are laid out; results never depend on it (bit-identical).
@@ -58,13 +62,24 @@ class Layout:
       elsewhere. Runs are padded to a multiple of the groups with copies of the last run.
     - ``parallel``: on CPU, split the run groups over the host devices.
     - ``chunk_steps``: most steps per dispatch (progress and checkpoint granularity).
+    - ``product``: how a step's matrix products run over the runs. ``"broadcast"`` (default):
+      runs on the trailing axis, broadcast-multiply-and-sum (vector lanes across runs; cache-sized
+      run groups); results do not depend on the layout or the number of runs (bit-identical).
+      ``"batched"``: runs on the leading axis inside each block of steps, the single-run step mapped
+      over them (``jax.vmap``: batched ``dot``); faster where a step is matrix-matrix work (widths
+      >= 64, minibatches of 32: docs/performance.md), but it rounds differently (float32 rounding)
+      and XLA may round a run differently for different numbers of runs, so a run's bits are not
+      guaranteed independent of the batch: an opt-in for throughput, not the default.
     """
     block_steps: int = 64
     run_group: int | None = None
     parallel: bool = True
     chunk_steps: int = 1 << 14
+    product: str = "broadcast"
 
     def __post_init__(self):
+        if self.product not in PRODUCTS:
+            v.fail("layout.product", self.product, f"must be one of {', '.join(PRODUCTS)}")
         v.positive_int("block_steps", self.block_steps)
         v.positive_int("chunk_steps", self.chunk_steps)
         if self.run_group is not None:

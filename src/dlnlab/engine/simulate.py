@@ -112,12 +112,22 @@ def _broadcast_hparams(stepper: Stepper, hparams, num_runs: int, dtype):
     return type(hparams)(*(leaf(n, getattr(hparams, n)) for n in hparams._fields))
 
 
-def _block_scan(stepper, words, hparams, carry, length_valid, block_steps, threshold):
-    """One block: draw its randomness, scan ``block_steps`` steps (only ``length_valid`` act)."""
+def _block_scan(stepper, words, hparams, carry, length_valid, block_steps, threshold,
+                product="broadcast"):
+    """One block: draw its randomness, scan ``block_steps`` steps (only ``length_valid`` act).
+
+    ``product="batched"``: the block runs with the runs on the *leading* axis, each step the
+    stepper's single-run ``apply`` mapped over them (``jax.vmap``: every matrix product a batched
+    ``dot``, which XLA hands to its matrix library); the state and the block's noise are moved
+    there once per block and back after it. ``"broadcast"``: runs on the trailing axis, products
+    as broadcast-multiply-and-sum (``dynamics._ops``)."""
     state, diverged = carry
     dtype = state.weights[0].dtype
     steps = state.step + jnp.arange(block_steps, dtype=jnp.int32)
     noise = stepper.draw(words, steps, dtype)
+    if product == "batched":
+        return _block_scan_batched(stepper, words, hparams, state, diverged, noise, length_valid,
+                                   block_steps, threshold)
 
     def body(c, inputs):
         i, z = inputs
@@ -137,21 +147,67 @@ def _block_scan(stepper, words, hparams, carry, length_valid, block_steps, thres
     return jax.lax.scan(body, (state, diverged), xs)[0]
 
 
-def _advance_runs(stepper, state, diverged, words, hparams, num_steps, block_steps, threshold):
+def _runs_first(x):
+    return x if x is None or x.ndim == 0 else jnp.moveaxis(x, -1, 0)
+
+
+def _runs_last(x):
+    return x if x is None or x.ndim == 0 else jnp.moveaxis(x, 0, -1)
+
+
+def _block_scan_batched(stepper, words, hparams, state, diverged, noise, length_valid, block_steps,
+                        threshold):
+    """:func:`_block_scan` with the runs on the leading axis inside the block (``vmap`` of the
+    single-run step). Same steps, same noise, same divergence rule."""
+    batched = jax.tree_util.tree_map(_runs_first, _batched(state))
+    run_words = jnp.moveaxis(words, -1, 0)                       # (R, 2)
+    run_hparams = jax.tree_util.tree_map(_runs_first, hparams)
+    run_noise = None if noise is None else jax.tree_util.tree_map(
+        lambda z: jnp.moveaxis(z, -1, 1), noise)                # (steps, R, ...)
+    step_axes = jax.tree_util.tree_map(lambda _: 0, batched)._replace(step=None)
+
+    def one_run(w, z, st, hp):
+        new, info = stepper.apply(w, z, st, hp)
+        return new, info.loss
+
+    mapped = jax.vmap(one_run, in_axes=(0, 0, step_axes, 0), out_axes=(step_axes, 0))
+
+    def body(c, inputs):
+        i, z = inputs
+        st, div = c
+
+        def go(args):
+            st, div = args
+            new, loss = mapped(run_words, z, st, run_hparams)
+            bad = ~(loss <= threshold)
+            return new, jnp.where((div < 0) & bad, st.step, div)
+
+        if length_valid is None:
+            return go((st, div)), None
+        return jax.lax.cond(i < length_valid, go, lambda a: a, (st, div)), None
+
+    start = batched._replace(step=state.step)
+    st, div = jax.lax.scan(body, (start, diverged), (jnp.arange(block_steps), run_noise))[0]
+    out = jax.tree_util.tree_map(_runs_last, _batched(st))._replace(step=st.step)
+    return out, div
+
+
+def _advance_runs(stepper, state, diverged, words, hparams, num_steps, block_steps, threshold,
+                  product="broadcast"):
     full = num_steps // block_steps
     carry = jax.lax.fori_loop(
         0, full,
-        lambda _, c: _block_scan(stepper, words, hparams, c, None, block_steps, threshold),
+        lambda _, c: _block_scan(stepper, words, hparams, c, None, block_steps, threshold, product),
         (state, diverged))
     rest = num_steps - full * block_steps
     return jax.lax.cond(
         rest > 0,
-        lambda c: _block_scan(stepper, words, hparams, c, rest, block_steps, threshold),
+        lambda c: _block_scan(stepper, words, hparams, c, rest, block_steps, threshold, product),
         lambda c: c, carry)
 
 
 def _advance(stepper, state, diverged, words, hparams, num_steps, block_steps, run_group,
-             threshold):
+             threshold, product="broadcast"):
     """Advance every run by ``num_steps``, ``run_group`` runs at a time.
 
     Cache blocking: a group's weights (128 runs x 576 parameters x 4 bytes = 0.3 MB at
@@ -161,7 +217,7 @@ def _advance(stepper, state, diverged, words, hparams, num_steps, block_steps, r
     runs = diverged.shape[0]
     if run_group >= runs:
         return _advance_runs(stepper, state, diverged, words, hparams, num_steps, block_steps,
-                             threshold)
+                             threshold, product)
     groups = runs // run_group
 
     def split(x):
@@ -175,7 +231,7 @@ def _advance(stepper, state, diverged, words, hparams, num_steps, block_steps, r
     def one(args):
         batched, div, wd, hp = args
         st, div = _advance_runs(stepper, batched._replace(step=state.step), div, wd, hp,
-                                num_steps, block_steps, threshold)
+                                num_steps, block_steps, threshold, product)
         return _batched(st), div
 
     batched, div = jax.lax.map(one, grouped)
@@ -183,28 +239,29 @@ def _advance(stepper, state, diverged, words, hparams, num_steps, block_steps, r
     return batched._replace(step=state.step + num_steps), div
 
 
-_advance_jit = jax.jit(_advance, static_argnames=("block_steps", "run_group"))
+_advance_jit = jax.jit(_advance, static_argnames=("block_steps", "run_group", "product"))
 
 
 def _advance_on_device(stepper, batched, diverged, words, hparams, step, num_steps,
-                       threshold, block_steps, run_group):
+                       threshold, block_steps, run_group, product):
     st, div = _advance(stepper, batched._replace(step=step), diverged, words, hparams, num_steps,
-                       block_steps, run_group, threshold)
+                       block_steps, run_group, threshold, product)
     return _batched(st), div
 
 
 # Host devices as parallel workers: each advances its share of the run groups on one core.
 _advance_pmap = jax.pmap(_advance_on_device, in_axes=(None, 0, 0, 0, 0, None, None, None),
-                         static_broadcasted_argnums=(8, 9))
+                         static_broadcasted_argnums=(8, 9, 10))
 
 
 def _advance_parallel(stepper, state, diverged, words, hparams, num_steps, *, block_steps,
-                      run_group, threshold, num_devices):
+                      run_group, threshold, num_devices, product="broadcast"):
     """``_advance`` with the runs split over ``num_devices`` host devices (CPU cores); the
     counter-based randomness makes the result identical to one device."""
     if num_devices == 1:
         return _advance_jit(stepper, state, diverged, words, hparams, num_steps,
-                            block_steps=block_steps, run_group=run_group, threshold=threshold)
+                            block_steps=block_steps, run_group=run_group, threshold=threshold,
+                            product=product)
     runs = diverged.shape[0]
     share = runs // num_devices
 
@@ -220,7 +277,7 @@ def _advance_parallel(stepper, state, diverged, words, hparams, num_steps, *, bl
     batched, div, wd, hp = jax.tree_util.tree_map(
         split, (_batched(state), diverged, words, hparams))
     batched, div = _advance_pmap(stepper, batched, div, wd, hp, state.step,
-                                 num_steps, threshold, block_steps, run_group)
+                                 num_steps, threshold, block_steps, run_group, product)
     batched, div = jax.tree_util.tree_map(merge, (batched, div))
     return batched._replace(step=state.step + num_steps), div
 
@@ -424,6 +481,7 @@ def simulate(stepper: Stepper, weights, hparams, key, recording, *, layout: Layo
     steps = recording.steps
     run_group, num_devices, padded = _layout(num_runs, layout.run_group, layout.parallel)
     stepper = _with_dtype(stepper, dtype)
+    product = layout.product
     hp = _broadcast_hparams(stepper, hparams, num_runs, dtype)
     if key.ndim == 1 and key.shape != (num_runs,):
         v.fail("key.shape", key.shape, f"one key per run must have shape ({num_runs},) "
@@ -467,7 +525,7 @@ def simulate(stepper: Stepper, weights, hparams, key, recording, *, layout: Layo
             t0 = time.perf_counter()
             state, diverged = pad.unpad(_advance_parallel(
                 active, *pad.pad((state, diverged, words, active_hp)), jnp.int32(n),
-                block_steps=block_steps, run_group=run_group, num_devices=num_devices,
+                block_steps=block_steps, run_group=run_group, num_devices=num_devices, product=product,
                 threshold=limits[phase]))
             jax.block_until_ready(diverged)
             elapsed = time.perf_counter() - t0
@@ -505,6 +563,7 @@ def advance_from(stepper: Stepper, weights, hparams, key, *, layout: Layout | No
     num_runs, dtype = int(weights[0].shape[0]), weights[0].dtype
     run_group, num_devices, padded = _layout(num_runs, layout.run_group, layout.parallel)
     stepper = _with_dtype(stepper, dtype)
+    product = layout.product
     hp = _broadcast_hparams(stepper, hparams, num_runs, dtype)
     words = key_words(run_keys(key, num_runs))
     pad = _padder(num_runs, padded)
@@ -516,7 +575,8 @@ def advance_from(stepper: Stepper, weights, hparams, key, *, layout: Layout | No
     def advance(n: int):
         return pad.unpad(_advance_parallel(stepper, *start, jnp.int32(n),
                                            block_steps=block_steps, run_group=run_group,
-                                           num_devices=num_devices, threshold=threshold))
+                                           num_devices=num_devices, threshold=threshold,
+                                           product=product))
     return advance
 
 
