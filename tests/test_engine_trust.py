@@ -329,11 +329,11 @@ def test_unrolled_threefry_is_bit_identical_to_jax():
 @pytest.mark.parametrize("method", ["sgd", "sde"])
 def test_todays_steppers_give_the_bits_of_the_steppers_before_issue_15(method):
     """The speed work keeps results: online SGD and the anisotropic SDE give exactly the weights
-    of the frozen pre-issue-15 steppers (``dlnlab._baseline_ops``, the ``dlnlab bench`` yardstick),
+    of the frozen pre-issue-15 steppers (``dlnlab.benchmark_baseline``, the ``dlnlab bench`` yardstick),
     float32, 1024 runs in the default layout; a changed learning rate is caught."""
-    from dlnlab._baseline_ops import _baseline_steppers
+    from dlnlab.benchmark_baseline import baseline_steppers
 
-    before_sgd, before_sde = _baseline_steppers()
+    before_sgd, before_sde = baseline_steppers()
     task = d.Task.from_spectrum(jax.random.key(1), 12, 12, [1.0, 2 / 3, 1 / 3], dtype=jnp.float32)
     weights = d.init_gaussian(jax.random.key(2), (12,) * 5, 2.0, dtype=jnp.float32)
     batched = tuple(jnp.broadcast_to(w[None], (1024,) + w.shape) + 0 for w in weights)

@@ -226,7 +226,7 @@ def minibatch_updates(weights, x, y, lr):
 
 
 # ------------------------------------------------- the two steppers as they were (issue 15 yardstick)
-def _baseline_steppers():
+def baseline_steppers():
     """``(BaselineOnlineSGD, BaselineAnisotropicLangevin)``: today's steppers with ``draw`` and
     ``apply`` as they were at commit e032d89 (the functions above), built on first use so this
     module imports nothing from :mod:`dlnlab.dynamics` at import time."""

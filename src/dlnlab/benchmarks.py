@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import sys
 import time
 
 import jax
@@ -206,12 +207,12 @@ def _interleaved_rates(calls, work: float, min_seconds: float, repeats: int = 5)
 
 def _versus_before_cases(task, weights, lr, h, runs, quick, min_seconds, device, say) -> list[dict]:
     """Today's steppers against the frozen copy of the steppers before issue 15
-    (:mod:`dlnlab._baseline_ops`), same problem, layout and key, timed in turn in this run."""
-    from ._baseline_ops import _baseline_steppers
+    (:mod:`dlnlab.benchmark_baseline`), same problem, layout and key, timed in turn in this run."""
+    from .benchmark_baseline import baseline_steppers
     from .dynamics import AnisotropicLangevin, Hyperparameters, OnlineSGD, StepSizeHyperparameters
     from .engine import advance_from
 
-    before_sgd, before_sde = _baseline_steppers()
+    before_sgd, before_sde = baseline_steppers()
     batched = tuple(jnp.broadcast_to(w[None], (runs,) + w.shape) + 0 for w in weights)
     out = []
     for name, now, before, hp, steps in (
@@ -232,7 +233,7 @@ def _versus_before_cases(task, weights, lr, h, runs, quick, min_seconds, device,
         out.append(dict(name=name, config=f"L={DEPTH}, d={WIDTH}, B=1, float32, {runs} runs",
                         run_steps_per_s=rate, baseline_run_steps_per_s=base, ratio=rate / base,
                         device=device, compile_s=compile_s,
-                        baseline="the same stepper before issue 15 (dlnlab._baseline_ops)"))
+                        baseline="the same stepper before issue 15 (dlnlab.benchmark_baseline)"))
     return out
 
 
@@ -296,7 +297,8 @@ def print_results(results: list[dict]) -> None:
                                                 else f"{r['ratio']:.2f}x")
         table.add_row(r["name"], r["config"], f"{r['run_steps_per_s']:.3g}", base, ratio,
                       f"{r['compile_s']:.2f}")
-    console = Console()
+    # Off a terminal rich assumes 80 columns and wraps every cell: give the table room.
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     console.print(table)
     for r in results:
         if r["name"] == "recording":

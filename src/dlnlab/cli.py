@@ -228,14 +228,56 @@ def sweep(
 @app.command()
 def bench(
     quick: bool = typer.Option(False, "--quick", help="Fewer runs and steps (about a minute)."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON list of results."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    scaling: bool = typer.Option(False, "--scaling", help="Roofline benchmark: d, L, B and runs grid "
+                                 "against the matrix peak and bandwidth measured in the same run."),
+    torch: bool = typer.Option(False, "--torch", help="Add PyTorch baselines (bmm loops over runs, "
+                               "autograd loop); needs the bench-torch extra."),
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="With --scaling: folder for scaling.nc, scaling.md, roofline.png/pdf.")] = None,
+    memory_cap: Annotated[float | None, typer.Option(
+        "--memory-cap", metavar="GIB", help="With --scaling: skip cases needing more memory "
+                                            "(default: a quarter of RAM).")] = None,
+    max_step_seconds: Annotated[float, typer.Option(
+        "--max-step-seconds", help="With --scaling: skip cases whose one step of all runs takes "
+                                   "longer even at the roofline.")] = 0.05,
 ) -> None:
     """Speed of dlnlab's compiled steppers against plain baselines, measured in one run."""
-    from .benchmarks import print_results, run_benchmarks
+    if scaling and torch:
+        raise ValueError("--torch=True: use it without --scaling (it adds rows to the plain bench)")
+    if not scaling:
+        for name, value, default in (("--out", out, None), ("--memory-cap", memory_cap, None),
+                                     ("--max-step-seconds", max_step_seconds, 0.05)):
+            if value != default:
+                raise ValueError(f"{name}={value}: only with --scaling")
+    if scaling:
+        from .roofline import run_scaling, scaling_records, scaling_table, write_scaling
 
+        ds = run_scaling(quick=quick, memory_cap_gib=memory_cap, max_step_seconds=max_step_seconds,
+                         progress=True)
+        if out is not None:
+            for path in write_scaling(ds, out):
+                print(f"wrote {path}", file=sys.stderr)
+        if as_json:
+            print(json.dumps(scaling_records(ds), indent=2, allow_nan=False))
+        else:
+            print(scaling_table(ds))
+        return
+    from .benchmarks import RUNS, print_results, run_benchmarks
+
+    if torch:
+        from .torch_baseline import import_torch
+
+        import_torch()                        # a missing PyTorch fails before the long run
     results = run_benchmarks(quick=quick, progress=not as_json)
+    if torch:
+        from .torch_baseline import torch_comparison
+
+        results += torch_comparison(results, runs=RUNS, quick=quick, progress=not as_json)
     if as_json:
-        print(json.dumps(results, indent=2))
+        from .io.atomic import strict_json
+
+        print(json.dumps(strict_json(results), indent=2, allow_nan=False))
     else:
         print_results(results)
 
