@@ -234,9 +234,9 @@ def test_finished_run_resumes_without_work(reference, monkeypatch):
     folder, whole = reference
 
     def forbidden(*args, **kwargs):
-        raise AssertionError("benchmark_network called on a finished run")
+        raise AssertionError("benchmark_group called on a finished run")
 
-    monkeypatch.setattr(benchmark, "benchmark_network", forbidden)
+    monkeypatch.setattr(benchmark, "benchmark_group", forbidden)
     again = benchmark.run_benchmark(benchmark.BenchmarkSettings(**TINY), folder)
     xr.testing.assert_identical(again, whole)
 
@@ -249,16 +249,98 @@ def test_partial_run_resumes_the_missing_networks(reference, tmp_path, monkeypat
     first_only = benchmark._dataset(records[:1], whole.attrs["benchmark_settings"])
     atomic_write_dataset(first_only, tmp_path / "benchmark.nc")
     calls = []
-    original = benchmark.benchmark_network
+    original = benchmark.benchmark_group
 
-    def counting(key, size_class, settings, **options):
-        calls.append(size_class.name)
-        return original(key, size_class, settings, **options)
+    def counting(networks, size_class, settings, **options):
+        calls.append((size_class.name, [index for index, _ in networks]))
+        return original(networks, size_class, settings, **options)
 
-    monkeypatch.setattr(benchmark, "benchmark_network", counting)
-    resumed = benchmark.run_benchmark(benchmark.BenchmarkSettings(**TINY), tmp_path)
-    assert calls == ["1K"]
+    monkeypatch.setattr(benchmark, "benchmark_group", counting)
+    resumed = benchmark.run_benchmark(benchmark.BenchmarkSettings(**TINY), tmp_path, group_by="class")
+    assert calls == [("1K", [1])]
     assert_same_records(resumed, whole)
+
+
+def test_grouping_does_not_change_the_results(reference):
+    """The two networks (depths 3 and 5) in one compiled program (``group_by="class"``: network 0
+    padded to depth 5 with identity layers, both padded to the largest widths) give the records of
+    the reference run (one network per program) to floating-point rounding: each network keeps its
+    own keys and noise. The plan is printed before running: the group's padded widths, memory and
+    work."""
+    _, whole = reference
+    lines = []
+    grouped = benchmark.run_benchmark(benchmark.BenchmarkSettings(**TINY), group_by="class",
+                                      progress=lines.append)
+    assert [line for line in lines if "plan: group" in line] == [
+        line for line in lines if line.startswith("llc-benchmark: plan: group 1/1: 1K 2 networks")]
+    plan = next(line for line in lines if "plan: group" in line)
+    assert "padded widths (45, 19, 26, 9, 26, 33)" in plan and "device memory" in plan and "TFLOP" in plan
+    assert any(line.startswith("llc-benchmark: running group 1/1") for line in lines)
+    expected, actual = without_timing(whole), without_timing(grouped)
+    assert list(actual.data_vars) == list(expected.data_vars)
+    for name in expected.data_vars:
+        if expected[name].dtype.kind == "f":
+            np.testing.assert_allclose(actual[name].values, expected[name].values, rtol=1e-9, atol=1e-12,
+                                       err_msg=name)
+        else:
+            np.testing.assert_array_equal(actual[name].values, expected[name].values, err_msg=name)
+    assert actual.attrs == expected.attrs
+    # the comparison can fail: the other network's estimate is far from this one's
+    first = float(expected.population_estimate.values[0])
+    assert abs(float(actual.population_estimate.values[1]) - first) > 1e-3 * max(1.0, abs(first))
+
+
+def test_random_network_is_the_per_shape_draw():
+    """:func:`random_network` draws prefixes of fixed-size arrays and factorises in NumPy; the
+    network equals the one drawn with the exact shapes through JAX (``random_orthonormal``, the
+    implementation before) to rounding."""
+    from dlnlab.core.task import random_orthonormal
+
+    size_class = benchmark.SIZE_CLASSES["1K"]
+    key = network_key(0, 0, 1)
+    widths, rank, weights = benchmark.random_network(key, size_class)
+    assert rank > 0
+    _, _, _, k_frames, k_scales = jax.random.split(key, 5)
+    frames = [random_orthonormal(k, d, rank, jnp.float64)
+              for k, d in zip(jax.random.split(k_frames, len(widths)), widths, strict=True)]
+    scales = jax.random.uniform(k_scales, (rank,), jnp.float64, 0.5, 1.5) ** (1.0 / (len(widths) - 1))
+    for l, w in enumerate(weights):
+        expected = frames[l + 1] @ jnp.diag(scales) @ frames[l].T
+        np.testing.assert_allclose(np.asarray(w), np.asarray(expected), rtol=0, atol=1e-14)
+    # and it can fail: another key's frames differ
+    other = random_orthonormal(jax.random.key(5), widths[1], rank, jnp.float64)
+    assert np.abs(np.asarray(other) - np.asarray(frames[1])).max() > 0.1
+
+
+def test_empirical_model_is_the_empirical_loss_model():
+    """The benchmark's NumPy moments equal :func:`dlnlab.llc.empirical_loss_model` of the same inputs
+    (drawn with the exact shape), targets and partition key, and :func:`population_loss_model`, to
+    rounding."""
+    rng = np.random.default_rng(0)
+    teacher = rng.normal(size=(4, 7))
+    key_data, key_batches = jax.random.key(1), jax.random.key(2)
+    n = 4 * benchmark.BATCH_SIZE
+    model = benchmark._empirical_model(key_data, key_batches, teacher, 1.5, n, 50)
+    x = jax.random.uniform(key_data, (n, 7), jnp.float64, -1.5, 1.5)
+    reference_model = llc.empirical_loss_model(x, x @ teacher.T, batch_size=benchmark.BATCH_SIZE,
+                                               key=key_batches)
+    for name in ("input_moment", "cross_moment", "target_moment", "batch_input_moments",
+                 "batch_cross_moments"):
+        np.testing.assert_allclose(np.asarray(getattr(model, name)),
+                                   np.asarray(getattr(reference_model, name)), rtol=1e-12, atol=1e-14,
+                                   err_msg=name)
+    assert (model.num_samples, model.batch_size) == (reference_model.num_samples, reference_model.batch_size)
+    assert model.num_batches == 4
+    population = benchmark._population_model(teacher, 0.75, n)
+    expected = llc.population_loss_model(teacher, 0.75 * np.eye(7), num_samples=n)
+    for name in ("input_moment", "cross_moment", "target_moment"):
+        np.testing.assert_allclose(np.asarray(getattr(population, name)), np.asarray(getattr(expected, name)),
+                                   rtol=1e-13, err_msg=name)
+    assert not population.stochastic and population.num_samples == n
+    # and it can fail: another partition key gives other minibatch moments
+    shuffled = benchmark._empirical_model(key_data, jax.random.key(3), teacher, 1.5, n, 50)
+    difference = np.asarray(shuffled.batch_input_moments) - np.asarray(model.batch_input_moments)
+    assert np.abs(difference).max() > 1e-3
 
 
 def one_line_value_error(call, *names: str) -> str:
@@ -281,8 +363,10 @@ def test_other_settings_are_rejected(reference):
         {**json.loads(whole.attrs["benchmark_settings"]), "num_chains": 3}, sort_keys=True)
     one_line_value_error(lambda: benchmark.merge_benchmarks([whole, changed]), "parts=", "different")
     one_line_value_error(lambda: benchmark.merge_benchmarks([]), "parts=")
-    for shard in ((2, 2), (-1, 2), (0, 0), (0.0, 1), [0, 1]):
+    for shard in ((2, 2), (-1, 2), (0, 0), (0.0, 1), [0, 1], (2, 3)):   # (2, 3): no network of 2
         one_line_value_error(lambda shard=shard: benchmark.run_benchmark(other, shard=shard), "shard=")
+    one_line_value_error(lambda: benchmark.run_benchmark(other, group_by="layer"), "group_by=")
+    one_line_value_error(lambda: benchmark.run_benchmark(other, networks_per_group=0), "networks_per_group=")
 
 
 @pytest.mark.parametrize(("fields", "name"), [
@@ -545,6 +629,15 @@ def test_cli_writes_the_benchmark_and_merges_shards(reference, tmp_path, capsys)
         path = out / f"calibration.{suffix}"
         assert path.read_bytes()[:4] == magic and os.path.getsize(path) > 1000
 
+    # a rerun of the finished benchmark resumes without work and leaves the figures byte for byte
+    stamps = {suffix: (out / f"calibration.{suffix}").stat().st_mtime_ns for suffix in ("png", "pdf")}
+    pdf = (out / "calibration.pdf").read_bytes()
+    code, again, err = run_cli(capsys, "--out", str(out), *TINY_CLI)
+    assert code == 0, err
+    assert table.strip() in again
+    assert {suffix: (out / f"calibration.{suffix}").stat().st_mtime_ns for suffix in ("png", "pdf")} == stamps
+    assert (out / "calibration.pdf").read_bytes() == pdf
+
     for k in (0, 1):
         code, _, err = run_cli(capsys, "--out", str(tmp_path / f"shard{k}"), *TINY_CLI, "--shard", f"{k}/2")
         assert code == 0, err
@@ -559,9 +652,12 @@ def test_cli_writes_the_benchmark_and_merges_shards(reference, tmp_path, capsys)
 
 @pytest.mark.parametrize(("args", "name"), [
     (["--protocol", "nope"], "protocol="),
-    (["--classes", "1K,2K"], "classes="),
-    (["--networks", "0"], "num_networks="),
-    (["--chains", "1"], "num_chains="),
+    (["--classes", "1K,2K"], "--classes="),
+    (["--networks", "0"], "--networks="),
+    (["--chains", "1"], "--chains="),
+    (["--group-by", "layer"], "--group-by="),
+    (["--networks-per-group", "0"], "--networks-per-group="),
+    (["--networks", "1", "--shard", "1/2"], "shard="),
     (["--shard", "2/2"], "shard="),
     (["--shard", "x"], "shard="),
     (["--networks", "x"], "--networks"),
@@ -588,3 +684,35 @@ def test_cli_bad_folders_exit_2_with_one_error_line(tmp_path, capsys):
         assert code == 2 and out == ""
         lines = err.splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and name in lines[0], err
+
+
+def test_llc_run_beyond_the_configs_runs_is_refused(tmp_path, capsys):
+    """``dlnlab llc --at end --run 99`` with the default 4 runs: one error line naming the flag (it
+    used to train 100 runs silently); ``--run 3``, the last run, passes this check (not run here)."""
+    code = main(["llc", "--at", "end", "--run", "99", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: --run=99: must be below the config's number of runs (4")
+    assert "\n" not in err and not (tmp_path / "out").exists()
+
+
+def test_cli_plan_prints_the_groups_and_writes_nothing(tmp_path, capsys):
+    """``--plan``: one line per group (the two tiny networks have depths 3 and 5: two groups by
+    depth, one with ``--group-by class``, padded to the elementwise largest widths) and a total,
+    and no output folder."""
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(capsys, "--out", str(out), *TINY_CLI, "--plan")
+    assert code == 0, err
+    lines = stdout.strip().splitlines()
+    assert len(lines) == 3 and lines[-1].startswith("llc-benchmark: plan: 2 groups, 2 networks")
+    assert "1K depth 3 1 networks" in lines[0] and "padded widths (12, 19, 22, 5)" in lines[0]
+    code, stdout, err = run_cli(capsys, "--out", str(out), *TINY_CLI, "--plan", "--group-by", "class")
+    lines = stdout.strip().splitlines()
+    assert code == 0 and len(lines) == 2 and "padded widths (45, 19, 26, 9, 26, 33)" in lines[0]
+    # chunks of one network: two groups, each at its own widths (no padding)
+    code, stdout, err = run_cli(capsys, "--out", str(out), *TINY_CLI, "--plan", "--group-by", "class",
+                                "--networks-per-group", "1")
+    lines = stdout.strip().splitlines()
+    assert code == 0 and len(lines) == 3
+    assert {"padded widths (12, 19, 22, 5)" in lines[0], "padded widths (12, 19, 22, 5)" in lines[1]} == {
+        True, False}
+    assert not out.exists()

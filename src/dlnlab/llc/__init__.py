@@ -9,6 +9,7 @@ from .loss_model import (
     population_loss_model,
     task_loss_model,
 )
+from .padded import estimate_learning_coefficients
 from .sampler import (
     LearningCoefficientWarning,
     SamplerSettings,
@@ -24,6 +25,7 @@ __all__ = [
     "default_inverse_temperature",
     "empirical_loss_model",
     "estimate_learning_coefficient",
+    "estimate_learning_coefficients",
     "loss",
     "population_loss_model",
     "sampler_settings",

@@ -16,7 +16,13 @@ initialisation ends.
 
 Randomness: network ``i`` of class ``c`` uses ``fold_in(fold_in(key(seed), class index), i)`` for its
 widths, rank, truth, data and chains, so a network's result does not depend on how many others run.
-Results are written after every network; a rerun with the same settings resumes.
+
+Grouping: the networks of a class are advanced in groups, one compiled program per group and loss
+(vmap over networks x chains; networks padded to the group's shape and masked, :mod:`dlnlab.llc.padded`).
+By default a group is the networks of one depth (widths padded to the group's largest; no identity
+layers); a network's result does not depend on its group (its own keys, and noise tied to its own
+parameters), to floating-point rounding. Results are written after every group; a rerun with the
+same settings resumes with the networks not yet done.
 """
 
 from __future__ import annotations
@@ -35,11 +41,10 @@ import xarray as xr
 from scipy import stats
 
 from .. import _validation as v
-from ..core.task import random_orthonormal
 from ..io import atomic
 from ..theory.learning_coefficient import learning_coefficient, parameter_count
-from .loss_model import empirical_loss_model, population_loss_model
-from .sampler import SamplerSettings, estimate_learning_coefficient
+from .loss_model import LossModel
+from .sampler import SamplerSettings
 
 
 @dataclass(frozen=True)
@@ -148,60 +153,159 @@ def random_network(key, size_class: SizeClass, dtype=jnp.float64):
     uniform in ``[min_width, max_width]``; ``rank`` uniform in ``[0, min(widths)]``; ``weights`` the
     balanced minimal-rank factorisation of a rank-``rank`` map with singular values uniform in
     ``[0.5, 1.5]`` (module docstring).
+
+    Fast: every random array is the prefix of one draw of the class's largest size (JAX's
+    partitionable threefry, the default since JAX 0.5, gives element ``i`` of a draw the same bits
+    whatever the draw's size, so the numbers are those of a draw of the exact shape) and the QR
+    factorisations and products run in NumPy, so a new shape compiles nothing (before: about 4 s of
+    compilation per network). The widths, rank and random numbers are those of the per-shape draw;
+    the weights agree with it to rounding (LAPACK through NumPy instead of XLA).
     """
+    if not jax.config.jax_threefry_partitionable:
+        v.fail("jax_threefry_partitionable", False, "the benchmark's networks are prefixes of "
+               "fixed-size draws, which needs JAX's partitionable threefry (the default)")
     k_layers, k_widths, k_rank, k_frames, k_scales = jax.random.split(key, 5)
+    top = size_class.max_width
     layers = int(jax.random.randint(k_layers, (), size_class.min_layers, size_class.max_layers + 1))
-    widths = tuple(int(w) for w in jax.random.randint(k_widths, (layers + 1,), size_class.min_width,
-                                                      size_class.max_width + 1))
+    widths = tuple(int(w) for w in _prefix(jax.random.randint(k_widths, (size_class.max_layers + 1,),
+                                                              size_class.min_width, top + 1), layers + 1))
     rank = int(jax.random.randint(k_rank, (), 0, min(widths) + 1))
-    frames = [random_orthonormal(k, d, rank, dtype) if rank else jnp.zeros((d, 0), dtype)
-              for k, d in zip(jax.random.split(k_frames, len(widths)), widths, strict=True)]
-    scales = jax.random.uniform(k_scales, (rank,), dtype, 0.5, 1.5) ** (1.0 / layers)
-    weights = tuple(frames[l + 1] @ jnp.diag(scales) @ frames[l].T if rank
-                    else jnp.zeros((widths[l + 1], widths[l]), dtype) for l in range(layers))
+    frames = [_orthonormal(k, d, rank, dtype) for k, d in zip(jax.random.split(k_frames, len(widths)), widths,
+                                                              strict=True)]
+    scales = _prefix(jax.random.uniform(k_scales, (top + 1,), dtype, 0.5, 1.5), rank) ** (1.0 / layers)
+    weights = tuple(jnp.asarray((frames[l + 1] * scales) @ frames[l].T if rank
+                                else np.zeros((widths[l + 1], widths[l])), dtype) for l in range(layers))
     return widths, rank, weights
+
+
+def _prefix(draw, count: int) -> np.ndarray:
+    return np.asarray(draw)[:count]
+
+
+def _orthonormal(key, rows: int, cols: int, dtype) -> np.ndarray:
+    """:func:`dlnlab.core.task.random_orthonormal` (Haar, QR with R's diagonal signs moved into Q)
+    from a prefix of one fixed-size Gaussian draw, factorised in NumPy."""
+    if cols == 0:
+        return np.zeros((rows, 0))
+    gaussian = _prefix(jax.random.normal(key, (_LARGEST_DRAW,), dtype), rows * cols).reshape(rows, cols)
+    q, r = np.linalg.qr(gaussian.astype(np.float64))
+    signs = np.sign(np.diagonal(r))
+    return q * np.where(signs == 0, 1.0, signs)[None, :]
+
+
+_LARGEST_DRAW = max(c.max_width for c in SIZE_CLASSES.values()) ** 2
+"""Every frame is a prefix of one Gaussian draw of this size (the widest class's width squared)."""
+_LARGEST_INPUT_DRAW = 20_000_000
+"""Inputs are a prefix of one draw of ``n x max_width`` numbers up to this size (160 MB in float64);
+larger classes (100K) draw the exact shape."""
+
+
+def _empirical_model(key_data, key_batches, teacher: np.ndarray, input_half_width: float,
+                     num_samples: int, max_width: int) -> LossModel:
+    """:func:`dlnlab.llc.empirical_loss_model` of ``n`` inputs uniform in ``[-h, h]^d_in`` with
+    noiseless targets ``y = M x``, minibatches of :data:`BATCH_SIZE` from a random partition, with the
+    moments computed in NumPy (float64) and the inputs the prefix of one fixed-size draw (module
+    docstring of :func:`random_network`): no compilation per input width."""
+    d_in = teacher.shape[1]
+    n = num_samples
+    if n * max_width <= _LARGEST_INPUT_DRAW:
+        x = _prefix(jax.random.uniform(key_data, (n * max_width,), jnp.float64, -input_half_width,
+                                       input_half_width), n * d_in).reshape(n, d_in)
+    else:
+        x = np.asarray(jax.random.uniform(key_data, (n, d_in), jnp.float64, -input_half_width,
+                                          input_half_width))
+    y = x @ teacher.T
+    batches = n // BATCH_SIZE
+    order = np.asarray(jax.random.permutation(key_batches, n))[: batches * BATCH_SIZE].reshape(batches,
+                                                                                           BATCH_SIZE)
+    xb, yb = x[order], y[order]
+    batch_sxx = np.matmul(xb.transpose(0, 2, 1), xb) / BATCH_SIZE
+    batch_syx = np.matmul(yb.transpose(0, 2, 1), xb) / BATCH_SIZE
+    return LossModel(x.T @ x / n, y.T @ x / n, np.asarray(np.sum(y * y) / n), batch_sxx, batch_syx, n,
+                     BATCH_SIZE)
+
+
+def _population_model(teacher: np.ndarray, input_variance: float, num_samples: int) -> LossModel:
+    """:func:`dlnlab.llc.population_loss_model` of ``teacher`` with ``S_x = input_variance I`` and no
+    label noise, in NumPy (no compilation per shape): ``S_yx = M S_x``, ``E||y||^2 = tr(M S_x M^T)``."""
+    sxx = input_variance * np.eye(teacher.shape[1])
+    cross = teacher @ sxx
+    return LossModel(sxx, cross, np.asarray(np.sum(cross * teacher)), None, None, num_samples)
+
+
+GROUP_BY = ("depth", "class", "network")
+"""How :func:`run_benchmark` groups the networks of a class into one compiled program: ``depth``
+(the networks of one depth, widths padded to the group's largest), ``class`` (all, padded to the
+class's largest depth and widths), ``network`` (one network per program: no padding)."""
+
+
+def benchmark_group(networks: Sequence[tuple[int, object]], size_class: SizeClass,
+                    settings: BenchmarkSettings, *, progress_factory: Callable | None = None,
+                    label: str = "") -> list[dict]:
+    """Estimate the learning coefficient of several random networks of ``size_class`` with each
+    loss, all networks of one loss in one compiled program (:mod:`dlnlab.llc.padded`); returns one
+    record per network, in order (the fields of :func:`benchmark_network` plus ``index``).
+
+    Args:
+        networks: ``(index, key)`` pairs, ``key`` the network's own key (module docstring); the
+            result of a network depends on its key only, not on the others in the group.
+        progress_factory: ``progress_factory(label, total) -> update(done, total)`` reports each
+            loss's steps. ``*_seconds`` is the group's wall time per loss divided by its networks.
+    """
+    from .padded import estimate_learning_coefficients
+
+    sampler = settings.sampler(size_class)
+    n = size_class.num_samples
+    records, drawn = [], []
+    for index, key in networks:
+        k_net, k_data, k_batches, k_empirical, k_population = jax.random.split(key, 5)
+        widths, rank, weights = random_network(k_net, size_class)
+        teacher = np.asarray(weights[0], dtype=np.float64)
+        for w in weights[1:]:
+            teacher = np.asarray(w, dtype=np.float64) @ teacher
+        exact = learning_coefficient(widths, rank)
+        record = {"size_class": size_class.name, "num_layers": len(widths) - 1,
+                  "widths": ",".join(map(str, widths)), "true_rank": rank,
+                  "num_parameters": parameter_count(widths), "exact": float(exact.value),
+                  "exact_fraction": str(exact.value), "multiplicity": exact.multiplicity}
+        if index is not None:
+            record["index"] = index
+        records.append(record)
+        drawn.append((widths, weights, teacher, k_data, k_batches, k_empirical, k_population))
+    for loss_kind in settings.losses:
+        start = time.perf_counter()
+        group = []
+        for _, weights, teacher, k_data, k_batches, k_empirical, k_population in drawn:
+            if loss_kind == "empirical":
+                model = _empirical_model(k_data, k_batches, teacher, settings.input_half_width, n,
+                                         size_class.max_width)
+                group.append((weights, model, k_empirical))
+            else:
+                model = _population_model(teacher, settings.input_half_width ** 2 / 3.0, n)
+                group.append((weights, model, k_population))
+        update = (None if progress_factory is None else progress_factory(
+            f"{size_class.name} {label}{loss_kind} loss".replace("  ", " "),
+            sampler.num_burnin_steps + sampler.num_draws))
+        datasets = estimate_learning_coefficients(group, sampler, warn=False, progress=update)
+        seconds = (time.perf_counter() - start) / len(datasets)
+        for record, ds in zip(records, datasets, strict=True):
+            record[f"{loss_kind}_step_size"] = float(np.exp(np.log(ds.step_size.values).mean()))
+            record[f"{loss_kind}_estimate"] = float(ds.learning_coefficient)
+            record[f"{loss_kind}_standard_error"] = float(ds.learning_coefficient_standard_error)
+            record[f"{loss_kind}_chain_spread"] = float(ds.chain_learning_coefficient.std(ddof=1))
+            record[f"{loss_kind}_mean_acceptance"] = float(ds.mean_acceptance.mean())
+            record[f"{loss_kind}_chains_used"] = int(ds.attrs["num_chains_used"])
+            record[f"{loss_kind}_warnings"] = ds.attrs["warnings"]
+            record[f"{loss_kind}_seconds"] = seconds
+    return records
 
 
 def benchmark_network(key, size_class: SizeClass, settings: BenchmarkSettings, *,
                       progress_factory: Callable | None = None) -> dict:
-    """Estimate the learning coefficient of one random network with each loss; returns a record.
+    """Estimate the learning coefficient of one random network with each loss; returns a record
+    (:func:`benchmark_group` with a group of one).
     ``progress_factory(label, total) -> update(done, total)`` reports each estimate's steps."""
-    k_net, k_data, k_batches, k_empirical, k_population = jax.random.split(key, 5)
-    widths, rank, weights = random_network(k_net, size_class)
-    teacher = weights[0]
-    for w in weights[1:]:
-        teacher = w @ teacher
-    exact = learning_coefficient(widths, rank)
-    sampler = settings.sampler(size_class)
-    record = {"size_class": size_class.name, "num_layers": len(widths) - 1,
-              "widths": ",".join(map(str, widths)), "true_rank": rank,
-              "num_parameters": parameter_count(widths), "exact": float(exact.value),
-              "exact_fraction": str(exact.value), "multiplicity": exact.multiplicity}
-    n = size_class.num_samples
-    for loss_kind in settings.losses:
-        start = time.perf_counter()
-        if loss_kind == "empirical":
-            half = settings.input_half_width
-            x = jax.random.uniform(k_data, (n, widths[0]), teacher.dtype, -half, half)
-            model = empirical_loss_model(x, x @ teacher.T, batch_size=BATCH_SIZE, key=k_batches)
-            del x
-            chain_key = k_empirical
-        else:
-            covariance = (settings.input_half_width ** 2 / 3.0) * jnp.eye(widths[0], dtype=teacher.dtype)
-            model = population_loss_model(teacher, covariance, num_samples=n)
-            chain_key = k_population
-        update = (None if progress_factory is None else progress_factory(
-            f"{size_class.name} {loss_kind} loss", sampler.num_burnin_steps + sampler.num_draws))
-        ds = estimate_learning_coefficient(weights, model, chain_key, sampler, warn=False, progress=update)
-        record[f"{loss_kind}_step_size"] = float(np.exp(np.log(ds.step_size.values).mean()))
-        record[f"{loss_kind}_estimate"] = float(ds.learning_coefficient)
-        record[f"{loss_kind}_standard_error"] = float(ds.learning_coefficient_standard_error)
-        record[f"{loss_kind}_chain_spread"] = float(ds.chain_learning_coefficient.std(ddof=1))
-        record[f"{loss_kind}_mean_acceptance"] = float(ds.mean_acceptance.mean())
-        record[f"{loss_kind}_chains_used"] = int(ds.attrs["num_chains_used"])
-        record[f"{loss_kind}_warnings"] = ds.attrs["warnings"]
-        record[f"{loss_kind}_seconds"] = time.perf_counter() - start
-    return record
+    return benchmark_group([(None, key)], size_class, settings, progress_factory=progress_factory)[0]
 
 
 VARIABLE_ATTRS = {
@@ -228,30 +332,111 @@ LOSS_VARIABLE_ATTRS = {
 }
 
 
+def benchmark_plan(settings: BenchmarkSettings, *, shard: tuple[int, int] = (0, 1), group_by: str = "depth",
+                   networks_per_group: int | None = None, finished=frozenset()) -> list[dict]:
+    """The groups :func:`run_benchmark` will run (module docstring, "Grouping"), without running them.
+
+    Returns one dict per group: ``size_class``, ``label``, ``members`` (``(index, key)`` pairs),
+    ``widths`` (each member's), ``padded_widths``, ``flops`` (both losses' floating-point operations,
+    :func:`dlnlab.llc.padded.group_cost`), ``memory`` (device bytes of one loss's program) and
+    ``host_memory`` (bytes of its traces). Networks in ``finished`` (``(class, index)``) are left out.
+    """
+    from .padded import group_cost
+
+    root = jax.random.key(settings.seed)
+    plan = []
+    with jax.enable_x64(True):
+        for class_index, name in enumerate(settings.classes):
+            size_class = SIZE_CLASSES[name]
+            sampler = settings.sampler(size_class)
+            batches = size_class.num_samples // BATCH_SIZE if "empirical" in settings.losses else 0
+            class_key = jax.random.fold_in(root, class_index)
+            buckets: dict[object, list] = {}
+            for index in range(shard[0], settings.num_networks, shard[1]):
+                if (name, index) in finished:
+                    continue
+                key = jax.random.fold_in(class_key, index)
+                widths = random_network(jax.random.split(key, 5)[0], size_class)[0]
+                bucket = {"depth": len(widths) - 1, "class": None, "network": index}[group_by]
+                buckets.setdefault(bucket, []).append((index, key, widths))
+            for bucket, members in buckets.items():
+                size = networks_per_group or len(members)
+                if size < len(members):   # chunks of similar sizes pad less (elementwise widths)
+                    members = sorted(members, key=lambda member: (max(member[2]), sum(member[2]), member[0]))
+                for first in range(0, len(members), size):
+                    chunk = members[first: first + size]
+                    all_widths = [w for _, _, w in chunk]
+                    cost = group_cost(all_widths, sampler, batches)
+                    label = f"depth {bucket} " if group_by == "depth" else ""
+                    plan.append({"size_class": name, "label": label,
+                                 "members": [(i, k) for i, k, _ in chunk], "widths": all_widths,
+                                 "padded_widths": cost["padded_widths"],
+                                 "flops": cost["flops"] * len(settings.losses), "memory": cost["memory"],
+                                 "host_memory": cost["host_memory"], "chains": sampler.num_chains,
+                                 "steps": sampler.num_burnin_steps + sampler.num_draws,
+                                 "losses": len(settings.losses)})
+    return plan
+
+
+def plan_lines(plan: Sequence[dict]) -> list[str]:
+    """One progress line per group of :func:`benchmark_plan` and a total line."""
+    lines = []
+    for number, g in enumerate(plan, 1):
+        members = g["members"]
+        indices = [index for index, _ in members]
+        lines.append(f"llc-benchmark: plan: group {number}/{len(plan)}: {g['size_class']} {g['label']}"
+                     f"{len(members)} networks (indices {min(indices)}..{max(indices)}), padded widths "
+                     f"{g['padded_widths']}, {g['chains']} chains x {g['steps']} steps x {g['losses']} "
+                     f"losses; device memory ~{g['memory'] / 2**20:.0f} MiB, host "
+                     f"~{g['host_memory'] / 2**20:.0f} MiB, {g['flops'] / 1e12:.3g} TFLOP")
+    total = sum(g["flops"] for g in plan)
+    lines.append(f"llc-benchmark: plan: {len(plan)} groups, {sum(len(g['members']) for g in plan)} networks, "
+                 f"{total / 1e12:.3g} TFLOP in all (float64; at 10 TFLOP/s: ~{total / 1e13:.0f} s of "
+                 f"arithmetic, plus compilation and per-step latency)")
+    return lines
+
+
 def run_benchmark(settings: BenchmarkSettings, out: str | Path | None = None, *,
                   progress: Callable[[str], None] | None = None,
                   shard: tuple[int, int] = (0, 1),
-                  progress_factory: Callable | None = None) -> xr.Dataset:
-    """Run the benchmark; with ``out`` write ``benchmark.nc`` after each network and resume from it.
+                  progress_factory: Callable | None = None,
+                  group_by: str = "depth",
+                  networks_per_group: int | None = None) -> xr.Dataset:
+    """Run the benchmark; with ``out`` write ``benchmark.nc`` after each group of networks and
+    resume from it (a rerun computes only the networks not yet in it).
 
-    ``progress`` receives one line per finished network; ``progress_factory(label, total) ->
-    update(done, total)`` reports the steps of each estimate (for long networks).
-    ``shard = (k, N)`` runs only the networks whose index is ``k`` modulo ``N`` (to spread one
-    benchmark over processes or machines; :func:`merge_benchmarks` joins the parts). A network's
-    result does not depend on the shard.
+    The networks of a class are run in groups, each group one compiled program over networks x
+    chains (:mod:`dlnlab.llc.padded`): ``group_by`` is ``"depth"`` (default: one group per depth,
+    widths padded to the group's largest), ``"class"`` (one group, padded to the class's largest
+    depth and widths) or ``"network"`` (one network per program, no padding);
+    ``networks_per_group`` splits each group into chunks of at most that many networks (``None``:
+    no limit), which bounds the memory of one program. Networks keep their own keys, so a
+    network's result does not depend on the grouping (to floating-point rounding) or on the shard.
 
-    Returns the dataset (dim ``network``; one variable per record field, relative errors
-    ``*_relative_error = (estimate - exact) / exact``), summary statistics in
+    ``progress`` receives one line per group before it runs (its networks, padded widths, an
+    estimate of its device memory and work, and of its time once a group has run) and one line
+    per finished network; ``progress_factory(label, total) -> update(done, total)`` reports the
+    steps within each group. ``shard = (k, N)`` runs only the networks whose index is ``k``
+    modulo ``N`` (to spread one benchmark over processes or machines; :func:`merge_benchmarks`
+    joins the parts).
+
+    Returns the dataset (dim ``network``, ordered by class and index; one variable per record field,
+    relative errors ``*_relative_error = (estimate - exact) / exact``), summary statistics in
     :func:`summary_table`.
 
     Raises:
-        ValueError: bad settings; an existing ``benchmark.nc`` made with other settings.
+        ValueError: bad settings, shard, ``group_by`` or ``networks_per_group``; an existing
+            ``benchmark.nc`` made with other settings.
     """
     settings = settings.validate()
     if (not isinstance(shard, tuple) or len(shard) != 2
             or any(isinstance(x, bool) or not isinstance(x, int) for x in shard)
             or not 0 <= shard[0] < shard[1]):
         v.fail("shard", shard, "must be (k, N) with integers 0 <= k < N")
+    if group_by not in GROUP_BY:
+        v.fail("group_by", group_by, f"must be one of {', '.join(GROUP_BY)}")
+    if networks_per_group is not None:
+        v.positive_int("networks_per_group", networks_per_group)
     path = None if out is None else Path(out) / "benchmark.nc"
     done: list[dict] = []
     fingerprint = json.dumps(asdict(settings), sort_keys=True)
@@ -262,29 +447,48 @@ def run_benchmark(settings: BenchmarkSettings, out: str | Path | None = None, *,
         done = _records(previous)
     finished = {(r["size_class"], int(r["index"])) for r in done}
     total = len(settings.classes) * len(range(shard[0], settings.num_networks, shard[1]))
-    start = time.perf_counter()
-    root = jax.random.key(settings.seed)
+    if total == 0:
+        v.fail("shard", f"{shard[0]}/{shard[1]}",
+               f"holds none of the {settings.num_networks} networks per class")
+    plan = benchmark_plan(settings, shard=shard, group_by=group_by, networks_per_group=networks_per_group,
+                          finished=finished)
+    costs = [group["flops"] for group in plan]
     with jax.enable_x64(True):
-        for class_index, name in enumerate(settings.classes):
+        if progress is not None:
+            for line in plan_lines(plan):
+                progress(line)
+        plan = [(g["size_class"], g["label"], g["members"], g["widths"]) for g in plan]
+        start = time.perf_counter()
+        flops_done, seconds_done = 0.0, 0.0
+        for number, (name, label, members, _) in enumerate(plan, 1):
             size_class = SIZE_CLASSES[name]
-            class_key = jax.random.fold_in(root, class_index)
-            for index in range(shard[0], settings.num_networks, shard[1]):
-                if (name, index) in finished:
-                    continue
-                record = benchmark_network(jax.random.fold_in(class_key, index), size_class, settings,
-                                           progress_factory=progress_factory)
-                record["index"] = index
-                done.append(record)
-                if path is not None:
-                    atomic.atomic_write_dataset(_dataset(done, fingerprint), path)
-                if progress is not None:
-                    elapsed = time.perf_counter() - start
-                    count = len(done)
-                    left = (total - count) * elapsed / max(1, count - len(finished))
-                    progress(f"llc-benchmark: {count}/{total} networks ({name} {record['widths']} rank "
+            work = costs[number - 1]
+            if progress is not None:
+                eta = (f": ~{work * seconds_done / flops_done:.0f} s at the rate so far, all left "
+                       f"~{sum(costs[number - 1:]) * seconds_done / flops_done:.0f} s"
+                       if flops_done > 0 else " (the first group also compiles)")
+                progress(f"llc-benchmark: running group {number}/{len(plan)} ({name} {label}{len(members)} "
+                         f"networks){eta}")
+            group_start = time.perf_counter()
+            records = benchmark_group(members, size_class, settings, progress_factory=progress_factory,
+                                      label=f"group {number}/{len(plan)} {label}")
+            flops_done += work
+            seconds_done += time.perf_counter() - group_start
+            done.extend(records)
+            done.sort(key=lambda r: (settings.classes.index(r["size_class"]), int(r["index"])))
+            if path is not None:
+                atomic.atomic_write_dataset(_dataset(done, fingerprint), path)
+            if progress is not None:
+                elapsed = time.perf_counter() - start
+                count = len(done)
+                left = sum(costs[number:]) * seconds_done / flops_done if flops_done > 0 else math.nan
+                for record in records:
+                    progress(f"llc-benchmark: {name} network {record['index']} ({record['widths']} rank "
                              f"{record['true_rank']}: exact {record['exact']:.1f}, "
                              + ", ".join(f"{k} {record[f'{k}_estimate']:.1f}" for k in settings.losses)
-                             + f"), {elapsed:.0f} s elapsed, ~{left:.0f} s left")
+                             + ")")
+                progress(f"llc-benchmark: {count}/{total} networks, {elapsed:.0f} s elapsed, "
+                         f"~{left:.0f} s left")
     return _dataset(done, fingerprint)
 
 

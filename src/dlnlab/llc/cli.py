@@ -74,6 +74,9 @@ def llc_command(
     if out.exists() and not out.is_dir():
         raise ValueError(f"out={str(out)!r}: is a file, not a folder")
     resolved, sampler_fields = load_training_config(config, overrides or [])
+    if at in ("init", "end") and run >= resolved.runs:
+        raise ValueError(f"--run={run}: must be below the config's number of runs ({resolved.runs}; runs "
+                         f"are numbered from 0)")
     settings = along_training_settings(**sampler_fields)
     with progress_reporter(quiet) as reporter:
         factory = None if reporter is None else reporter("llc")
@@ -155,6 +158,16 @@ def _parse_shard(text: str) -> tuple[int, int]:
     return k, n
 
 
+FLAG_NAMES = {"num_networks": "--networks", "num_chains": "--chains", "steps_scale": "--steps-scale",
+              "seed": "--seed", "classes": "--classes"}
+"""Settings fields and the ``dlnlab llc-benchmark`` flags that set them (errors name the flag)."""
+
+
+def _flag_names(message: str) -> str:
+    field, separator, rest = message.partition("=")
+    return f"{FLAG_NAMES.get(field, field)}{separator}{rest}"
+
+
 def llc_benchmark_command(
     out: Annotated[Path, typer.Option("--out", help="Output folder: benchmark.nc (written after every "
                                                     "network; a rerun resumes), table.md, "
@@ -179,15 +192,30 @@ def llc_benchmark_command(
     shard: Annotated[str | None, typer.Option("--shard", help="K/N: run only the networks with index "
                                                               "= K mod N (join the parts with "
                                                               "--merge). Default 0/1.")] = None,
+    group_by: Annotated[str | None, typer.Option(
+        "--group-by", help="Networks advanced by one compiled program (vmap over networks x chains, "
+                           "padded and masked): depth (one group per depth, widths padded to the "
+                           "group's largest) | class (one group per class) | network (one each). "
+                           "Default: depth.")] = None,
+    networks_per_group: Annotated[int | None, typer.Option(
+        "--networks-per-group", help="Split each group into chunks of at most this many networks "
+                                     "(bounds memory; results do not depend on it). Default: no "
+                                     "limit.")] = None,
     merge: Annotated[list[Path] | None, typer.Option(
         "--merge", help="Instead of running: join these benchmark folders (repeatable) into --out.")] = None,
+    plan: Annotated[bool, typer.Option(
+        "--plan", help="Print the groups (padded widths, memory, floating-point work) and exit; runs "
+                       "and writes nothing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress lines.")] = False,
 ) -> None:
-    """Benchmark the SGLD learning-coefficient estimator against the exact values (docs/llc.md)."""
+    """Benchmark the SGLD learning-coefficient estimator against the exact values (docs/llc.md).
+    Prints the plan (each group's padded widths, memory and work) before running, and the time left
+    after each group; benchmark.nc is written after every group (a rerun resumes)."""
     import sys
 
     from dlnlab.io import atomic_save_figure, atomic_write_dataset, atomic_write_text, read_dataset
     from dlnlab.llc.benchmark import (
+        GROUP_BY,
         BenchmarkSettings,
         format_table,
         merge_benchmarks,
@@ -199,7 +227,9 @@ def llc_benchmark_command(
     if out.exists() and not out.is_dir():
         raise ValueError(f"out={str(out)!r}: is a file, not a folder")
     given = {"--protocol": protocol, "--classes": classes, "--networks": networks, "--chains": chains,
-             "--steps-scale": steps_scale, "--seed": seed, "--shard": shard}
+             "--steps-scale": steps_scale, "--seed": seed, "--shard": shard, "--group-by": group_by,
+             "--networks-per-group": networks_per_group, "--plan": plan or None}
+    unchanged = False
     if merge:
         for flag, value in given.items():
             if value is not None:
@@ -225,18 +255,40 @@ def llc_benchmark_command(
             fields["num_chains"] = chains
         if steps_scale is not None:
             fields["steps_scale"] = steps_scale
-        settings = (BenchmarkSettings.calibrated if protocol == "calibrated" else
-                    BenchmarkSettings.published)(**fields).validate()
+        try:
+            settings = (BenchmarkSettings.calibrated if protocol == "calibrated" else
+                        BenchmarkSettings.published)(**fields).validate()
+        except ValueError as error:   # name the flag, not the Python field
+            raise ValueError(_flag_names(str(error))) from None
         part = _parse_shard(shard)
+        group_by = "depth" if group_by is None else group_by
+        if group_by not in GROUP_BY:
+            raise ValueError(f"--group-by={group_by!r}: must be one of {', '.join(GROUP_BY)}")
+        if networks_per_group is not None and networks_per_group < 1:
+            raise ValueError(f"--networks-per-group={networks_per_group}: must be an integer >= 1")
 
         def progress(line: str) -> None:
             if not quiet:
                 print(line, file=sys.stderr, flush=True)
 
+        if plan:
+            from dlnlab.llc.benchmark import benchmark_plan, plan_lines
+
+            for line in plan_lines(benchmark_plan(settings, shard=part, group_by=group_by,
+                                                  networks_per_group=networks_per_group)):
+                typer.echo(line)
+            return
         from dlnlab.experiments.runner import line_progress_factory
 
+        def stamp():
+            path = out / "benchmark.nc"
+            return path.stat().st_mtime_ns if path.exists() else None
+
+        before = stamp()
         ds = run_benchmark(settings, out, progress=progress, shard=part,
-                           progress_factory=None if quiet else line_progress_factory(label="llc-benchmark"))
+                           progress_factory=None if quiet else line_progress_factory(label="llc-benchmark"),
+                           group_by=group_by, networks_per_group=networks_per_group)
+        unchanged = before is not None and stamp() == before   # a finished run resumed: nothing new
     import json
 
     rows = summary_table(ds)
@@ -245,8 +297,10 @@ def llc_benchmark_command(
     context = ("Settings: " + ", ".join(f"{k} = {used[k]}" for k in sorted(used))
                + f". {ds.sizes['network']} networks.")
     atomic_write_text(context + "\n\n" + table + "\n", out / "table.md")
-    figure = calibration_figure(ds)
-    for suffix in ("png", "pdf"):
-        atomic_save_figure(figure, out / f"calibration.{suffix}")
+    figures = [out / f"calibration.{suffix}" for suffix in ("png", "pdf")]
+    if not (unchanged and all(path.is_file() for path in figures)):   # else keep them byte for byte
+        figure = calibration_figure(ds)
+        for path in figures:
+            atomic_save_figure(figure, path)
     typer.echo(table)
     typer.echo(f"-> {out / 'benchmark.nc'}")

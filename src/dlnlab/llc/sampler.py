@@ -15,7 +15,8 @@ started at ``w0``:
 
 ``xi ~ N(0, I)``, ``L_B`` the loss of one random minibatch (or the exact loss), ``G = I`` for plain
 SGLD (the step is blackjax's SGLD Euler step, ``overdamped_langevin``, with its step size
-``epsilon / 2``) and
+``epsilon / 2``, written out here so that padded entries of a group of networks get no noise,
+:mod:`dlnlab.llc.padded`) and
 ``G = 1 / (delta + sqrt(V))`` for the RMSProp-preconditioned variant (Li, Chen, Carlson & Carin,
 AAAI 2016), ``V <- alpha V + (1 - alpha) g^2``.
 
@@ -33,7 +34,7 @@ import functools
 import math
 import warnings
 from collections.abc import Callable
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -138,32 +139,44 @@ def _unflatten(flat, shapes):
 
 def _make_chain_runner(num_blocks_burnin: int, blocks_per_call: int, block: int, rmsprop: bool,
                        stochastic: bool, shapes: tuple[tuple[int, int], ...], adapt: bool):
-    """A jitted function ``(keys, w0, model arrays, hyperparameters, carry, first block) -> (carry,
-    traces)`` advancing every chain by ``blocks_per_call`` blocks of ``block`` steps (the driver
-    calls it until the run is done, reporting progress in between). Static structure only (the
-    layer shapes, the block sizes, the variant): a new step size, localisation, temperature or data
-    set reuses the compiled function.
+    """A jitted function ``(keys, w0, mask, index, model arrays, hyperparameters, carry, first block) ->
+    (carry, traces)`` advancing every chain of every network of a group by ``blocks_per_call``
+    blocks of ``block`` steps (the driver calls it until the run is done, reporting progress in
+    between). Leading axes: network (every argument but ``first block``), then chain (``keys`` and
+    ``carry``). Static structure only (the padded layer shapes, the block sizes, the variant): a new
+    step size, localisation, temperature, data set or network of the same padded shape reuses the
+    compiled function.
+
+    ``mask`` (network, parameters) is 1 on a network's own weights and 0 on padding
+    (:mod:`dlnlab.llc.padded`): the log-posterior gradient is multiplied by it before any use (the
+    step, the RMSProp moment, the MALA check) and masked entries get no noise, so they keep their
+    value ``w0`` exactly. ``index`` (network, parameters) maps each padded entry to its position
+    among the network's own parameters, so the noise of an entry is the same padded or not. A
+    single network is a group of one with a mask of ones and ``index = arange``.
 
     One step evaluates the end-to-end product once: its vector-Jacobian product gives the
     minibatch gradient ``grad L_B = vjp(W S_xx,B - S_yx,B)`` and the same product gives the
     whole-data loss ``L_n(w_t)`` recorded for that step (before the update)."""
-    import blackjax  # here, not at import time: importing blackjax starts JAX's backend
-
-    euler = blackjax.sgmcmc.diffusions.overdamped_langevin()
-
     def product(flat):
         return end_to_end(_unflatten(flat, shapes))
 
-    def chain(key, w0, model, hyper, carry, first_block):
+    def chain(key, w0, mask, index, model, hyper, carry, first_block):
         initial_step, gamma, nbeta, decay, stabiliser, target = hyper
         sxx, syx, tyy = model["sxx"], model["syx"], model["tyy"]
         key, check_root = jax.random.split(key)
+        moves = mask > 0
+
+        def gaussian(noise_key):
+            """``xi ~ N(0, I)`` with entry ``j`` the ``index[j]``-th entry of a draw of the network's own
+            parameters: with JAX's partitionable threefry an entry's value depends on its position only,
+            so a padded network gets the same noise as the network alone."""
+            return jax.random.normal(noise_key, w0.shape, w0.dtype)[index]
 
         def log_posterior_gradient(w, batch_sxx, batch_syx):
-            """``(g, L_n(w))`` with ``g = -(n beta grad L_B(w) + gamma (w - w0))``."""
+            """``(g, L_n(w))`` with ``g = -mask (n beta grad L_B(w) + gamma (w - w0))``."""
             p, pullback = jax.vjp(product, w)
             (grad_fit,) = pullback(p @ batch_sxx - batch_syx)
-            return -(nbeta * grad_fit + gamma * (w - w0)), moment_loss(p, sxx, syx, tyy)
+            return -mask * (nbeta * grad_fit + gamma * (w - w0)), moment_loss(p, sxx, syx, tyy)
 
         def log_posterior(w):
             p = product(w)
@@ -186,10 +199,11 @@ def _make_chain_runner(num_blocks_burnin: int, blocks_per_call: int, block: int,
             if rmsprop:
                 second_moment = decay * second_moment + (1 - decay) * grad * grad
                 c = conditioner(second_moment)
-                noise = jax.random.normal(step_key, w.shape, w.dtype)
-                w = w + 0.5 * step_size * c * grad + jnp.sqrt(step_size * c) * noise
-            else:   # blackjax's SGLD (Euler) step: w + h g + sqrt(2 h) xi with h = epsilon / 2
-                w = euler(step_key, w, grad, 0.5 * step_size)
+                moved = w + 0.5 * step_size * c * grad + jnp.sqrt(step_size * c) * gaussian(step_key)
+            else:   # blackjax's SGLD Euler step (overdamped_langevin): w + h g + sqrt(2 h) xi, h = eps / 2
+                h = 0.5 * step_size
+                moved = w + h * grad + jnp.sqrt(2 * h) * gaussian(step_key)
+            w = jnp.where(moves, moved, w)   # no noise on masked entries: they keep w0 exactly
             return (w, second_moment, step_size), (fit, distance)
 
         def acceptance(w, second_moment, step_size, check_key):
@@ -197,10 +211,10 @@ def _make_chain_runner(num_blocks_burnin: int, blocks_per_call: int, block: int,
             c = conditioner(second_moment)
             grad, _ = log_posterior_gradient(w, sxx, syx)
             proposal = (w + 0.5 * step_size * c * grad
-                        + jnp.sqrt(step_size * c) * jax.random.normal(check_key, w.shape, w.dtype))
+                        + mask * jnp.sqrt(step_size * c) * gaussian(check_key))
             grad_new, _ = log_posterior_gradient(proposal, sxx, syx)
 
-            def log_q(to, frm, g):  # log N(to; frm + eps/2 C g, eps C) up to a constant
+            def log_q(to, frm, g):  # log N(to; frm + eps/2 C g, eps C) up to a constant (own weights)
                 r = to - frm - 0.5 * step_size * c * g
                 return -jnp.sum(r * r / c) / (2 * step_size)
 
@@ -222,7 +236,8 @@ def _make_chain_runner(num_blocks_burnin: int, blocks_per_call: int, block: int,
             one_block, carry, first_block + jnp.arange(blocks_per_call))
         return carry, (fits.reshape(-1), distances.reshape(-1), accept)
 
-    return jax.jit(jax.vmap(chain, in_axes=(0, None, None, None, 0, None)))
+    chains = jax.vmap(chain, in_axes=(0, None, None, None, None, None, 0, None))
+    return jax.jit(jax.vmap(chains, in_axes=(0, 0, 0, 0, 0, 0, 0, None)))
 
 
 def _blocks_per_call(total_blocks: int) -> int:
@@ -280,6 +295,32 @@ def estimate_learning_coefficient(weights, loss_model: LossModel, key,
     if not isinstance(loss_model, LossModel):
         v.fail("loss_model", type(loss_model).__name__, "must be a dlnlab.llc.LossModel "
                                                        "(population_loss_model, empirical_loss_model)")
+    prepared = _prepare(weights, loss_model, key, settings)
+    group = _stack([prepared])
+    fits, distances, accept, final_step, _ = run_chains(group, settings, loss_model.stochastic,
+                                                        prepared.shapes, progress=progress)
+    return _dataset(fits[0], distances[0], accept[0], final_step[0], float(fits[0, 0, 0]),
+                    prepared.inverse_temperature, settings, loss_model, prepared.widths, warn)
+
+
+class _Prepared(NamedTuple):
+    """One validated network (NumPy arrays): flat ``w0`` (parameters), ``mask`` (ones) and ``index``
+    (``arange``), the moments, the chain keys (chain,), the hyperparameters ``(epsilon, gamma, n beta,
+    alpha, delta, target)``."""
+
+    widths: tuple[int, ...]
+    shapes: tuple[tuple[int, int], ...]
+    w0: jax.Array
+    mask: jax.Array
+    index: jax.Array
+    model: dict
+    keys: jax.Array
+    hyper: tuple
+    inverse_temperature: float
+
+
+def _prepare(weights, loss_model: LossModel, key, settings: SamplerSettings) -> _Prepared:
+    """Validate one estimate's inputs (one-line ``ValueError``) and lay them out for the chains."""
     key_dtype = getattr(key, "dtype", None)
     if not (key_dtype is not None and (jax.dtypes.issubdtype(key_dtype, jax.dtypes.prng_key)
                                        or (key_dtype == np.uint32 and getattr(key, "shape", None) == (2,)))):
@@ -288,40 +329,78 @@ def estimate_learning_coefficient(weights, loss_model: LossModel, key,
     dtype = jnp.result_type(*[jnp.asarray(w).dtype for w in weights])
     if not jnp.issubdtype(dtype, jnp.floating):
         v.fail("weights dtype", str(dtype), "must be a floating-point dtype (float32 or float64)")
-    layers = tuple(jnp.asarray(w, dtype=dtype) for w in weights)
+    # NumPy here, and the initial loss from the compiled chains (the loss of w_0 is their first
+    # trace entry): eager JAX operations would compile once per new network shape
+    layers = tuple(np.asarray(w, dtype=dtype) for w in weights)
     for index, w in enumerate(layers):
         v.finite_array(f"weights[{index}]", w)
     shapes = tuple((int(w.shape[0]), int(w.shape[1])) for w in layers)
-    w0 = jnp.concatenate([w.ravel() for w in layers])
+    w0 = np.concatenate([w.ravel() for w in layers])
     nbeta = (settings.inverse_temperature if settings.inverse_temperature is not None
              else default_inverse_temperature(loss_model.num_samples))
-    model = {"sxx": jnp.asarray(loss_model.input_moment, dtype),
-             "syx": jnp.asarray(loss_model.cross_moment, dtype),
-             "tyy": jnp.asarray(loss_model.target_moment, dtype)}
+    model = {"sxx": np.asarray(loss_model.input_moment, dtype),
+             "syx": np.asarray(loss_model.cross_moment, dtype),
+             "tyy": np.asarray(loss_model.target_moment, dtype)}
     if loss_model.stochastic:
-        model["batch_sxx"] = jnp.asarray(loss_model.batch_input_moments, dtype)
-        model["batch_syx"] = jnp.asarray(loss_model.batch_cross_moments, dtype)
-    hyper = tuple(jnp.asarray(x, dtype) for x in (settings.step_size, settings.localisation, nbeta,
-                                                  settings.rmsprop_decay, settings.rmsprop_stabiliser,
-                                                  settings.target_acceptance))
-    keys = jax.random.split(key, settings.num_chains)
-    runner, per_call, total = _runner(settings, loss_model.stochastic, shapes)
-    chains = settings.num_chains
-    carry = (jnp.broadcast_to(w0, (chains,) + w0.shape), jnp.zeros((chains,) + w0.shape, dtype),
-             jnp.full((chains,), hyper[0], dtype))
+        model["batch_sxx"] = np.asarray(loss_model.batch_input_moments, dtype)
+        model["batch_syx"] = np.asarray(loss_model.batch_cross_moments, dtype)
+    hyper = tuple(np.asarray(x, dtype) for x in (settings.step_size, settings.localisation, nbeta,
+                                                 settings.rmsprop_decay, settings.rmsprop_stabiliser,
+                                                 settings.target_acceptance))
+    return _Prepared(tuple(widths), shapes, w0, np.ones_like(w0), np.arange(w0.shape[0], dtype=np.int32),
+                     model, jax.random.split(key, settings.num_chains), hyper, float(nbeta))
+
+
+class ChainGroup(NamedTuple):
+    """Networks laid out for one compiled program (leading axis: network): ``w0`` and ``mask``
+    (network, parameters), ``model`` moments (network, ...), chain ``keys`` (network, chain) and the
+    hyperparameters, each (network,)."""
+
+    w0: jax.Array
+    mask: jax.Array
+    index: jax.Array
+    model: dict
+    keys: jax.Array
+    hyper: tuple
+
+
+def _stack(prepared) -> ChainGroup:
+    return ChainGroup(jnp.asarray(np.stack([p.w0 for p in prepared])),
+                      jnp.asarray(np.stack([p.mask for p in prepared])),
+                      jnp.asarray(np.stack([p.index for p in prepared])),
+                      {name: jnp.asarray(np.stack([np.asarray(p.model[name]) for p in prepared]))
+                       for name in prepared[0].model},
+                      jnp.stack([p.keys for p in prepared]),
+                      tuple(jnp.asarray(np.stack([p.hyper[i] for p in prepared])) for i in range(6)))
+
+
+def run_chains(group: ChainGroup, settings: SamplerSettings, stochastic: bool,
+               shapes: tuple[tuple[int, int], ...], *,
+               progress: Callable[[int, int], None] | None = None):
+    """Run every chain of every network of ``group`` (one compiled program, about 20 calls).
+
+    Returns NumPy float64 arrays ``fits`` and ``distances`` (network, chain, step: the whole-data
+    loss and ``||w - w0||^2`` of the state ``w_t``), ``acceptance`` (network, chain, check), the
+    draws' ``step_size`` (network, chain) and the final ``positions`` (network, chain, padded
+    parameters). ``progress(steps done, total steps)`` after each call."""
+    runner, per_call, total = _runner(settings, stochastic, shapes)
+    networks, chains = group.keys.shape[:2]
+    dtype = group.w0.dtype
+    carry = (jnp.broadcast_to(group.w0[:, None, :], (networks, chains, group.w0.shape[1])),
+             jnp.zeros((networks, chains, group.w0.shape[1]), dtype),
+             jnp.broadcast_to(group.hyper[0][:, None], (networks, chains)))
     parts = []
     block = settings.diagnostic_every
     for first in range(0, total, per_call):
-        carry, traces = runner(keys, w0, model, hyper, carry, jnp.asarray(first, jnp.int32))
+        carry, traces = runner(group.keys, group.w0, group.mask, group.index, group.model, group.hyper,
+                               carry, jnp.asarray(first, jnp.int32))
         parts.append(traces)
         if progress is not None:
             jax.block_until_ready(carry)
             progress((first + per_call) * block, total * block)
     fits, distances, accept = (np.concatenate([np.asarray(part[i], dtype=np.float64) for part in parts],
-                                              axis=1) for i in range(3))
-    final_step = np.asarray(carry[2], dtype=np.float64)
-    initial = float(moment_loss(end_to_end(layers), model["sxx"], model["syx"], model["tyy"]))
-    return _dataset(fits, distances, accept, final_step, initial, nbeta, settings, loss_model, widths, warn)
+                                              axis=2) for i in range(3))
+    return fits, distances, accept, np.asarray(carry[2], dtype=np.float64), np.asarray(carry[0])
 
 
 def _dataset(fits, distances, accept, final_step, initial, nbeta, settings, loss_model, widths,
