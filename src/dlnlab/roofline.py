@@ -29,7 +29,7 @@ import numpy as np
 import xarray as xr
 
 from . import _validation as v
-from .benchmarks import device_description, load_average
+from .benchmarks import device_description, load_average, median_rate
 
 WIDTHS = (12, 32, 64, 128, 256)
 DEPTHS = (2, 4, 8)
@@ -42,20 +42,6 @@ BLOCK_STEPS = 64                  # the engine's default Layout.block_steps (noi
 SPECTRUM = (1.0, 2 / 3, 1 / 3)
 
 
-def median_rate(fn, work: float, min_seconds: float, repeats: int = 3) -> float:
-    """Work per second of ``fn()``: the median over ``repeats`` repetitions, each calling ``fn``
-    until at least ``min_seconds`` have passed (the timing rule of ``dlnlab bench``)."""
-    rates = []
-    for _ in range(repeats):
-        count, t0 = 0, time.perf_counter()
-        while True:
-            fn()
-            count += 1
-            elapsed = time.perf_counter() - t0
-            if elapsed >= min_seconds:
-                break
-        rates.append(work * count / elapsed)
-    return float(np.median(rates))
 
 
 # --------------------------------------------------------------------------- analytic counts
@@ -219,7 +205,10 @@ def _time_case(stepper, weights, hparams, runs: int, target_call_seconds: float,
     t0 = time.perf_counter()
     call(1)                                   # compiles (one step of run time is negligible)
     compile_s = time.perf_counter() - t0
-    steps = 1
+    # Every call draws whole 64-step noise blocks and pays a fixed dispatch cost: a timed call of
+    # fewer steps would charge a block's randomness and the dispatch to a few steps (seen: 4-50x
+    # too slow at d >= 64 with many runs). So a timed call holds whole blocks, at least one.
+    steps = BLOCK_STEPS
     while True:                               # calibrate: a call of at least 0.05 s
         t0 = time.perf_counter()
         call(steps)
@@ -227,9 +216,7 @@ def _time_case(stepper, weights, hparams, runs: int, target_call_seconds: float,
         if elapsed >= 0.05 or steps >= 2 ** 22:
             break
         steps *= 4
-    steps = max(1, int(steps * target_call_seconds / elapsed))
-    if steps > BLOCK_STEPS:
-        steps -= steps % BLOCK_STEPS          # whole noise blocks
+    steps = max(BLOCK_STEPS, int(steps * target_call_seconds / elapsed) // BLOCK_STEPS * BLOCK_STEPS)
     _, diverged = call(steps)
     rate = median_rate(lambda: call(steps), runs * steps, min_seconds, repeats)
     return compile_s, steps, rate, int(np.sum(np.asarray(diverged) >= 0))
