@@ -250,6 +250,12 @@ def parse_options(argv: list[str] | None) -> Options:
         v.fail("block_steps", args.block_steps, "must be 'auto' or one whole number")
     if args.json is not None and not args.json.strip():
         v.fail("json", args.json, "must be a file path")
+    if args.json is not None:    # checked before any case runs: device time is scarce
+        parent = os.path.dirname(os.path.abspath(args.json))
+        if os.path.isdir(args.json):
+            v.fail("json", args.json, "must be a file path (it is a folder)")
+        if os.path.exists(parent) and not os.path.isdir(parent):
+            v.fail("json", args.json, f"its folder {parent!r} is a file")
     return Options(
         methods=tuple(m.strip() for m in args.methods.split(",")),
         batch_sizes=_int_list("batch_sizes", args.batch_sizes),

@@ -225,6 +225,7 @@ def test_bench_json_schema(capsys, monkeypatch):
         assert {"name", "config", "run_steps_per_s", "baseline_run_steps_per_s", "ratio",
                 "device"} <= set(r)
         assert r["run_steps_per_s"] > 0
+        assert "at the start" in r["load_average"]           # every number says the load it ran at
     assert [r["name"] for r in results] == ["online_sgd", "anisotropic_sde", "online_sgd_vs_before",
                                             "anisotropic_sde_vs_before", "recording", "record_loss_only"]
     sgd = results[0]

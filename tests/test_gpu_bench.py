@@ -175,6 +175,17 @@ def test_a_bad_option_is_one_line_and_exit_2(bench, capsys, argv, start):
     assert out == "" and err.startswith(start) and err.count("\n") == 1, err
 
 
+def test_an_unwritable_json_path_is_refused_before_any_case_runs(bench, tmp_path, capsys):
+    """A folder, or a path under a file, fails up front (exit 2, one line), not after the run."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for path, rule in ((tmp_path, "must be a file path (it is a folder)"),
+                       (afile / "x.json", "is a file")):
+        assert bench.main(["--json", str(path), "--widths", "4", "--runs", "2"]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith("error: json=") and rule in err and err.count("\n") == 1
+
+
 def test_main_prints_the_table_and_writes_the_json(bench, tmp_path, capsys):
     path = tmp_path / "out" / "bench.json"
     argv = ["--methods", "sgd", "--batch-sizes", "1", "--widths", "4", "--runs", "8",

@@ -162,6 +162,14 @@ def test_cli_bad_bench_options(argv, message, capsys):
     assert err.startswith("error: ") and message in err and "\n" not in err
 
 
+def test_cli_out_that_is_a_file_is_refused_before_the_run(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["bench", "--scaling", "--out", str(afile)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --out=") and "must be a folder" in err and "\n" not in err
+
+
 def test_missing_torch_is_one_line(monkeypatch):
     from dlnlab import torch_baseline
 

@@ -46,7 +46,9 @@ def _problem(dtype=jnp.float32):
     return task, weights
 
 
-def _median_rate(fn, work: float, min_seconds: float, repeats: int = 3) -> float:
+def median_rate(fn, work: float, min_seconds: float, repeats: int = 3) -> float:
+    """Work per second of ``fn()``: the median over ``repeats`` repetitions, each calling ``fn``
+    until at least ``min_seconds`` have passed (the timing rule of every ``dlnlab bench`` case)."""
     rates = []
     for _ in range(repeats):
         count, t0 = 0, time.perf_counter()
@@ -75,7 +77,7 @@ def _engine_rate(stepper, weights, hp, runs: int, steps: int, min_seconds: float
     call(1)                                   # compiles (one step of run time is negligible)
     compile_s = time.perf_counter() - t0
     call(steps)
-    return compile_s, _median_rate(lambda: call(steps), runs * steps, min_seconds)
+    return compile_s, median_rate(lambda: call(steps), runs * steps, min_seconds)
 
 
 # ------------------------------------------------------------------------------ baselines
@@ -99,7 +101,7 @@ def _numpy_sgd_rate(weights, teacher, lr: float, min_seconds: float) -> float:
                     back = ws[index].T @ back
                 ws[index] -= update
     steps(20)
-    return _median_rate(steps, 200, min_seconds)
+    return median_rate(steps, 200, min_seconds)
 
 
 def _numpy_dense_sde_rate(weights, teacher, lr: float, h: float, min_seconds: float) -> float:
@@ -141,7 +143,7 @@ def _numpy_dense_sde_rate(weights, teacher, lr: float, h: float, min_seconds: fl
             ws[index] = w - h * (a.T @ d @ b.T) + np.sqrt(h * lr) * noise
             offset += size
     step()
-    return _median_rate(step, 1, min_seconds)
+    return median_rate(step, 1, min_seconds)
 
 
 # ---------------------------------------------------------------------------------- cases
@@ -156,6 +158,7 @@ def run_benchmarks(quick: bool = False, progress: bool = True, *, runs: int = RU
     if min_seconds is None:
         min_seconds = 1.0 if quick else 2.0
     device = device_description()
+    start_load = load_average()
     task, weights = _problem()
     lr, h = 0.01, 0.001
     results = []
@@ -191,6 +194,9 @@ def run_benchmarks(quick: bool = False, progress: bool = True, *, runs: int = RU
         recording_steps = 10**5 if quick else 10**6
     results.append(_recording_case(task, weights, lr, runs, recording_steps, device, say))
     results.append(_observables_case(task, weights, lr, runs, 4096 if quick else 16384, device, say))
+    load = f"{start_load} at the start, {load_average()} at the end"
+    for r in results:
+        r["load_average"] = load
     return results
 
 
@@ -201,7 +207,7 @@ def _interleaved_rates(calls, work: float, min_seconds: float, repeats: int = 5)
     rates = [[] for _ in calls]
     for _ in range(repeats):
         for index, call in enumerate(calls):
-            rates[index].append(_median_rate(call, work, min_seconds / repeats, repeats=1))
+            rates[index].append(median_rate(call, work, min_seconds / repeats, repeats=1))
     return [float(np.median(r)) for r in rates]
 
 
@@ -288,7 +294,8 @@ def print_results(results: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"dlnlab bench  ({results[0]['device']})")
+    table = Table(title=f"dlnlab bench  ({results[0]['device']}; load average "
+                        f"{results[0].get('load_average', 'n/a')})")
     for header in ("case", "configuration", "run-steps/s", "baseline", "ratio", "compile s"):
         table.add_column(header, justify="right" if header != "configuration" else "left")
     for r in results:

@@ -250,6 +250,8 @@ def bench(
                                      ("--max-step-seconds", max_step_seconds, 0.05)):
             if value != default:
                 raise ValueError(f"{name}={value}: only with --scaling")
+    if scaling and out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"--out={str(out)!r}: must be a folder (it is a file), checked before the run")
     if scaling:
         from .roofline import run_scaling, scaling_records, scaling_table, write_scaling
 

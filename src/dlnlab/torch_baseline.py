@@ -3,7 +3,7 @@
 PyTorch is an optional extra (``pip install 'dlnlab[bench-torch]'``) imported inside the functions
 only. Three baselines, float32, ``torch.no_grad()`` except for autograd, threads =
 ``os.cpu_count()`` or one, whichever is faster (:func:`torch_rates`), measured as
-``roofline.median_rate`` (warm-up, then the median of repetitions of at least ``min_seconds``);
+``benchmarks.median_rate`` (warm-up, then the median of repetitions of at least ``min_seconds``);
 run-steps/s = runs x steps per second:
 
 - :func:`sgd_bmm_step` in a Python loop over steps: runs batched with ``torch.bmm`` (weights

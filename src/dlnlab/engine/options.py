@@ -54,7 +54,8 @@ PRODUCTS = ("broadcast", "batched")
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """How the runs are laid out; results never depend on it (bit-identical).
+    """How the runs are laid out. In the default ``product="broadcast"`` results never depend on
+    the other fields (bit-identical); ``product="batched"`` rounds differently (below).
 
     - ``block_steps``: steps per pre-drawn noise block (1 is compiled as 2: a one-trip loop is
       inlined by XLA and rounds differently; see ``engine.simulate._block``).
