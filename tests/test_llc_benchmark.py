@@ -357,7 +357,8 @@ def test_other_settings_are_rejected(reference):
     """A folder made with other settings, or merging parts of different settings: one-line errors."""
     folder, whole = reference
     other = benchmark.BenchmarkSettings(**{**TINY, "seed": 1})
-    one_line_value_error(lambda: benchmark.run_benchmark(other, folder), "out=", "other settings")
+    one_line_value_error(lambda: benchmark.run_benchmark(other, folder), "out=", "other settings",
+                         "seed 0 there, 1 here")
     changed = whole.copy()
     changed.attrs["benchmark_settings"] = json.dumps(
         {**json.loads(whole.attrs["benchmark_settings"]), "num_chains": 3}, sort_keys=True)
@@ -373,7 +374,8 @@ def test_other_settings_are_rejected(reference):
     ({"classes": ("1K", "2K")}, "classes="), ({"classes": ()}, "classes="), ({"classes": "1K"}, "classes="),
     ({"classes": ("1K", "1K")}, "classes="), ({"num_networks": 0}, "num_networks="),
     ({"num_chains": 1}, "num_chains="), ({"seed": -1}, "seed="), ({"seed": True}, "seed="),
-    ({"steps_scale": 0.0}, "steps_scale="), ({"step_scale": math.nan}, "step_scale="),
+    ({"steps_scale": 0.0}, "steps_scale="), ({"steps_scale": 0.005}, "at least 100"),
+    ({"step_scale": math.nan}, "step_scale="),
     ({"target_acceptance": 1.5}, "target_acceptance="), ({"losses": ("train",)}, "losses="),
     ({"calibrate": 1}, "calibrate="), ({"input_half_width": -1.0}, "input_half_width="),
 ])
@@ -704,6 +706,7 @@ def test_cli_plan_prints_the_groups_and_writes_nothing(tmp_path, capsys):
     assert code == 0, err
     lines = stdout.strip().splitlines()
     assert len(lines) == 3 and lines[-1].startswith("llc-benchmark: plan: 2 groups, 2 networks")
+    assert "at 10 GFLOP/s, the rate measured on a 2-core CPU" in lines[-1]
     assert "1K depth 3 1 networks" in lines[0] and "padded widths (12, 19, 22, 5)" in lines[0]
     code, stdout, err = run_cli(capsys, "--out", str(out), *TINY_CLI, "--plan", "--group-by", "class")
     lines = stdout.strip().splitlines()
@@ -716,3 +719,16 @@ def test_cli_plan_prints_the_groups_and_writes_nothing(tmp_path, capsys):
     assert {"padded widths (12, 19, 22, 5)" in lines[0], "padded widths (12, 19, 22, 5)" in lines[1]} == {
         True, False}
     assert not out.exists()
+
+
+def test_cli_plan_leaves_out_the_networks_already_saved(reference, capsys):
+    """``--plan`` on a folder that holds finished networks plans only the rest (as a rerun runs)."""
+    folder, _ = reference
+    code, stdout, err = run_cli(capsys, "--out", str(folder), *TINY_CLI, "--plan")
+    assert code == 0, err
+    lines = stdout.strip().splitlines()
+    assert lines[0].startswith("llc-benchmark: plan: 2 networks already in") and "left out" in lines[0]
+    assert lines[-1].startswith("llc-benchmark: plan: 0 groups, 0 networks")
+    code, stdout, err = run_cli(capsys, "--out", str(folder), *TINY_CLI[:-1], "--seed", "3", "--quiet",
+                                "--plan")
+    assert code == 2 and err.startswith("error: --out=") and "seed 0 there, 3 here" in err

@@ -135,6 +135,11 @@ class BenchmarkSettings:
         v.finite_scalar("input_half_width", self.input_half_width, minimum=0.0, strict=True)
         if not self.losses or any(loss not in ("empirical", "population") for loss in self.losses):
             v.fail("losses", self.losses, "must list 'empirical' and/or 'population'")
+        for name in self.classes:
+            if SIZE_CLASSES[name].num_steps * self.steps_scale < 100:
+                v.fail("steps_scale", self.steps_scale,
+                       f"gives {SIZE_CLASSES[name].num_steps * self.steps_scale:.3g} steps for class "
+                       f"{name}; must give at least 100 (the sampler's checks run every 100 steps)")
         return self
 
     def sampler(self, size_class: SizeClass) -> SamplerSettings:
@@ -390,10 +395,24 @@ def plan_lines(plan: Sequence[dict]) -> list[str]:
                      f"losses; device memory ~{g['memory'] / 2**20:.0f} MiB, host "
                      f"~{g['host_memory'] / 2**20:.0f} MiB, {g['flops'] / 1e12:.3g} TFLOP")
     total = sum(g["flops"] for g in plan)
+    rate, where = PLAN_RATES[jax.default_backend() == "cpu"]
     lines.append(f"llc-benchmark: plan: {len(plan)} groups, {sum(len(g['members']) for g in plan)} networks, "
-                 f"{total / 1e12:.3g} TFLOP in all (float64; at 10 TFLOP/s: ~{total / 1e13:.0f} s of "
-                 f"arithmetic, plus compilation and per-step latency)")
+                 f"{total / 1e12:.3g} TFLOP in all (float64; at {where}: "
+                 f"~{_duration(total / rate)} of arithmetic, plus compilation and per-step latency)")
     return lines
+
+
+PLAN_RATES = {True: (1e10, "10 GFLOP/s, the rate measured on a 2-core CPU"),
+              False: (1e13, "10 TFLOP/s, about an H200's float64 rate")}
+"""The rate the plan's time estimate assumes, by whether JAX runs on the CPU (docs/llc.md)."""
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def run_benchmark(settings: BenchmarkSettings, out: str | Path | None = None, *,
@@ -438,13 +457,8 @@ def run_benchmark(settings: BenchmarkSettings, out: str | Path | None = None, *,
     if networks_per_group is not None:
         v.positive_int("networks_per_group", networks_per_group)
     path = None if out is None else Path(out) / "benchmark.nc"
-    done: list[dict] = []
     fingerprint = json.dumps(asdict(settings), sort_keys=True)
-    if path is not None and path.exists():
-        previous = atomic.read_dataset(path, what="benchmark")
-        if previous.attrs.get("benchmark_settings") != fingerprint:
-            v.fail("out", str(out), "holds a benchmark made with other settings (choose another --out)")
-        done = _records(previous)
+    done = saved_records(settings, out)
     finished = {(r["size_class"], int(r["index"])) for r in done}
     total = len(settings.classes) * len(range(shard[0], settings.num_networks, shard[1]))
     if total == 0:
@@ -487,9 +501,34 @@ def run_benchmark(settings: BenchmarkSettings, out: str | Path | None = None, *,
                              f"{record['true_rank']}: exact {record['exact']:.1f}, "
                              + ", ".join(f"{k} {record[f'{k}_estimate']:.1f}" for k in settings.losses)
                              + ")")
+                    for k in settings.losses:
+                        if record[f"{k}_warnings"]:
+                            progress(f"llc-benchmark: {name} network {record['index']}, {k} loss: "
+                                     f"warning: {record[f'{k}_warnings']}")
                 progress(f"llc-benchmark: {count}/{total} networks, {elapsed:.0f} s elapsed, "
                          f"~{left:.0f} s left")
     return _dataset(done, fingerprint)
+
+
+def saved_records(settings: BenchmarkSettings, out: str | Path | None) -> list[dict]:
+    """The networks already in ``out/benchmark.nc`` (one record each; ``[]`` without one): what a
+    rerun skips and ``--plan`` leaves out. Raises ``ValueError`` when that file was made with other
+    settings."""
+    path = None if out is None else Path(out) / "benchmark.nc"
+    if path is None or not path.exists():
+        return []
+    previous = atomic.read_dataset(path, what="benchmark")
+    if previous.attrs.get("benchmark_settings") != json.dumps(asdict(settings), sort_keys=True):
+        try:
+            there = json.loads(previous.attrs.get("benchmark_settings", "{}"))
+        except json.JSONDecodeError:
+            there = {}
+        here = json.loads(json.dumps(asdict(settings)))
+        differ = [f"{k} {there.get(k)!r} there, {here.get(k)!r} here" for k in sorted(set(there) | set(here))
+                  if there.get(k) != here.get(k)]
+        v.fail("out", str(out), "holds a benchmark made with other settings ("
+               + ("; ".join(differ) or "unreadable settings") + "); choose another --out")
+    return _records(previous)
 
 
 def _dataset(records: list[dict], fingerprint: str) -> xr.Dataset:

@@ -159,7 +159,7 @@ def _parse_shard(text: str) -> tuple[int, int]:
 
 
 FLAG_NAMES = {"num_networks": "--networks", "num_chains": "--chains", "steps_scale": "--steps-scale",
-              "seed": "--seed", "classes": "--classes"}
+              "seed": "--seed", "classes": "--classes", "out": "--out"}
 """Settings fields and the ``dlnlab llc-benchmark`` flags that set them (errors name the flag)."""
 
 
@@ -272,10 +272,18 @@ def llc_benchmark_command(
                 print(line, file=sys.stderr, flush=True)
 
         if plan:
-            from dlnlab.llc.benchmark import benchmark_plan, plan_lines
+            from dlnlab.llc.benchmark import benchmark_plan, plan_lines, saved_records
 
+            try:
+                saved = {(r["size_class"], int(r["index"])) for r in saved_records(settings, out)}
+            except ValueError as error:
+                raise ValueError(_flag_names(str(error))) from None
+            if saved:
+                typer.echo(f"llc-benchmark: plan: {len(saved)} networks already in "
+                           f"{out / 'benchmark.nc'} are left out (a rerun resumes)")
             for line in plan_lines(benchmark_plan(settings, shard=part, group_by=group_by,
-                                                  networks_per_group=networks_per_group)):
+                                                  networks_per_group=networks_per_group,
+                                                  finished=saved)):
                 typer.echo(line)
             return
         from dlnlab.experiments.runner import line_progress_factory
