@@ -763,5 +763,5 @@ def test_batched_product_layout_follows_the_broadcast_layout(name):
 def test_bad_product_layout_is_one_line():
     from dlnlab import engine as en
 
-    with pytest.raises(ValueError, match=r"^layout.product=.*must be one of broadcast, batched$"):
+    with pytest.raises(ValueError, match=r"^layout.product=.*must be one of auto, broadcast, batched$"):
         en.Layout(product="vmap")

@@ -241,22 +241,28 @@ def bench(
     max_step_seconds: Annotated[float, typer.Option(
         "--max-step-seconds", help="With --scaling: skip cases whose one step of all runs takes "
                                    "longer even at the roofline.")] = 0.05,
+    product: Annotated[str, typer.Option(
+        "--product", help="With --scaling: the engine's product layout, auto (default: batched "
+                          "from width 32, 16 for the SDE), broadcast or batched.")] = "auto",
 ) -> None:
     """Speed of dlnlab's compiled steppers against plain baselines, measured in one run."""
     if scaling and torch:
         raise ValueError("--torch=True: use it without --scaling (it adds rows to the plain bench)")
     if not scaling:
         for name, value, default in (("--out", out, None), ("--memory-cap", memory_cap, None),
-                                     ("--max-step-seconds", max_step_seconds, 0.05)):
+                                     ("--max-step-seconds", max_step_seconds, 0.05),
+                                     ("--product", product, "auto")):
             if value != default:
                 raise ValueError(f"{name}={value}: only with --scaling")
+    if product not in ("auto", "broadcast", "batched"):
+        raise ValueError(f"--product={product!r}: must be one of auto, broadcast, batched")
     if scaling and out is not None and Path(out).exists() and not Path(out).is_dir():
         raise ValueError(f"--out={str(out)!r}: must be a folder (it is a file), checked before the run")
     if scaling:
         from .roofline import run_scaling, scaling_records, scaling_table, write_scaling
 
         ds = run_scaling(quick=quick, memory_cap_gib=memory_cap, max_step_seconds=max_step_seconds,
-                         progress=True)
+                         progress=True, product=product)
         if out is not None:
             for path in write_scaling(ds, out):
                 print(f"wrote {path}", file=sys.stderr)

@@ -192,12 +192,12 @@ def _check_grid(name: str, values: Sequence[int]) -> tuple[int, ...]:
 
 
 def _time_case(stepper, weights, hparams, runs: int, target_call_seconds: float, min_seconds: float,
-               repeats: int):
+               repeats: int, product: str = "auto"):
     """``(compile_s, steps_per_call, run_steps_per_s, diverged_runs)`` of the engine's advance."""
-    from .engine import advance_from
+    from .engine import Layout, advance_from
 
     batched = tuple(jnp.broadcast_to(w[None], (runs,) + w.shape) + 0 for w in weights)
-    advance = advance_from(stepper, batched, hparams, jax.random.key(3))
+    advance = advance_from(stepper, batched, hparams, jax.random.key(3), layout=Layout(product=product))
 
     def call(n):
         return jax.block_until_ready(advance(n))
@@ -227,7 +227,8 @@ def run_scaling(*, quick: bool = False, widths: Sequence[int] | None = None,
                 run_counts: Sequence[int] | None = None, methods: Sequence[str] = METHODS,
                 memory_cap_gib: float | None = None, max_step_seconds: float = 0.05,
                 target_call_seconds: float = 0.4, min_seconds: float = 0.3, repeats: int = 3,
-                machine: MachineLimits | None = None, progress: bool = True) -> xr.Dataset:
+                machine: MachineLimits | None = None, progress: bool = True,
+                product: str = "auto") -> xr.Dataset:
     """Time every case of the grid and compare it with the roofline measured in the same run.
 
     Grid (defaults; ``quick``: d in {12, 64}, L = 4, B = 1, runs in {64, 1024}): ``widths`` d in
@@ -244,7 +245,9 @@ def run_scaling(*, quick: bool = False, widths: Sequence[int] | None = None,
     Returns a Dataset with dims ``(method, width, depth, batch_size, runs)`` and variables
     ``run_steps_per_second``, ``gflop_per_second``, ``gbyte_per_second`` (at the minimum bytes),
     ``roofline_fraction`` (achieved / ``min(P, I BW)``), ``roofline_gflop_per_second``,
-    ``bound`` (``"memory"`` / ``"compute"``), ``flop_per_step``, ``normals_per_step``,
+    ``bound`` (``"memory"`` / ``"compute"``), ``product`` (the engine's product layout for the
+    case, ``Layout(product=product)`` resolved: ``"auto"`` picks batched from width 32, 16 for
+    the SDE), ``flop_per_step``, ``normals_per_step``,
     ``bytes_per_step``, ``arithmetic_intensity`` (FLOP/byte), ``compile_seconds``,
     ``steps_per_call``, ``diverged_runs``, ``memory_estimate_bytes``, ``skipped`` (``""`` when
     measured; NaN rates then; select with a dict, ``ds.sel({"method": "sgd"})``, as
@@ -254,6 +257,7 @@ def run_scaling(*, quick: bool = False, widths: Sequence[int] | None = None,
     """
     from .core import Task, init_gaussian
     from .dynamics import AnisotropicLangevin, Hyperparameters, OnlineSGD, StepSizeHyperparameters
+    from .engine import resolve_product
 
     base = QUICK if quick else dict(widths=WIDTHS, depths=DEPTHS, batch_sizes=BATCH_SIZES,
                                     run_counts=RUN_COUNTS)
@@ -264,6 +268,9 @@ def run_scaling(*, quick: bool = False, widths: Sequence[int] | None = None,
     methods = tuple(methods) if isinstance(methods, list | tuple) else (methods,)
     if not methods or any(m not in METHODS for m in methods) or len(set(methods)) != len(methods):
         v.fail("methods", methods, f"must be distinct names among {', '.join(METHODS)}")
+    from .engine.options import PRODUCTS
+    if product not in PRODUCTS:
+        v.fail("product", product, f"must be one of {', '.join(PRODUCTS)}")
     if memory_cap_gib is not None:
         v.finite_scalar("memory_cap_gib", memory_cap_gib, minimum=0.0, strict=True)
     v.finite_scalar("max_step_seconds", max_step_seconds, minimum=0.0, strict=True)
@@ -289,6 +296,7 @@ def run_scaling(*, quick: bool = False, widths: Sequence[int] | None = None,
         "memory_estimate_bytes")}
     skipped = np.full(shape, "", dtype=object)
     bound = np.full(shape, "", dtype=object)
+    products = np.full(shape, "", dtype=object)
     cases = [(i, j, k, m, n) for i in range(shape[0]) for j in range(shape[1])
              for k in range(shape[2]) for m in range(shape[3]) for n in range(shape[4])]
     tasks = {}
@@ -327,15 +335,16 @@ def run_scaling(*, quick: bool = False, widths: Sequence[int] | None = None,
             stepper, hparams = OnlineSGD(task, batch_size=B), Hyperparameters(lr, float(B))
         else:
             stepper, hparams = AnisotropicLangevin(task), StepSizeHyperparameters(lr, float(B), lr / 10)
+        products[index] = resolve_product(stepper, weights, product)
         compile_s, steps, rate, diverged = _time_case(stepper, weights, hparams, runs,
-                                                      target_call_seconds, min_seconds, repeats)
+                                                      target_call_seconds, min_seconds, repeats, product)
         achieved = rate * flop / 1e9
         for name, value in (("run_steps_per_second", rate), ("gflop_per_second", achieved),
                             ("gbyte_per_second", rate * nbytes / 1e9),
                             ("roofline_fraction", achieved / roof), ("compile_seconds", compile_s),
                             ("steps_per_call", steps), ("diverged_runs", diverged)):
             numbers[name][index] = value
-        _progress(f"{label}: {rate:.3g} run-steps/s, {achieved:.3g} GFLOP/s, "
+        _progress(f"{label} ({products[index]}): {rate:.3g} run-steps/s, {achieved:.3g} GFLOP/s, "
                   f"{achieved / roof:.1%} of the {bound[index]} roofline"
                   + (f", {diverged} runs diverged" if diverged else ""), progress)
 
@@ -344,6 +353,7 @@ def run_scaling(*, quick: bool = False, widths: Sequence[int] | None = None,
     data = {name: (dims, values) for name, values in numbers.items()}
     data["skipped"] = (dims, skipped.astype(str))
     data["bound"] = (dims, bound.astype(str))
+    data["product"] = (dims, products.astype(str))
     ds = xr.Dataset(data, coords=coords)
     units = dict(run_steps_per_second="run-steps/s", gflop_per_second="GFLOP/s",
                  gbyte_per_second="GB/s", roofline_gflop_per_second="GFLOP/s",
@@ -393,9 +403,9 @@ def scaling_table(ds: xr.Dataset) -> str:
         "traffic to memory: a fraction above 100% means the working set stays in the caches (the "
         "memory bandwidth is then not what bounds the case)",
         "",
-        "| method | d | L | B | runs | run-steps/s | GFLOP/s | GB/s | FLOP/byte | bound "
+        "| method | d | L | B | runs | product | run-steps/s | GFLOP/s | GB/s | FLOP/byte | bound "
         "| fraction of roofline | compile s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---:|---:|",
     ]
     skipped, same = [], []
     for case in _cases(ds):
@@ -408,7 +418,8 @@ def scaling_table(ds: xr.Dataset) -> str:
             skipped.append(f"- {key.replace(' | ', ' ')}: {case.skipped.item()}")
             continue
         lines.append(
-            f"| {key} | {float(case.run_steps_per_second):.3g} | {float(case.gflop_per_second):.3g} "
+            f"| {key} | {case.product.item() if 'product' in case else ''} "
+            f"| {float(case.run_steps_per_second):.3g} | {float(case.gflop_per_second):.3g} "
             f"| {float(case.gbyte_per_second):.3g} | {float(case.arithmetic_intensity):.3g} "
             f"| {case.bound.item()} | {float(case.roofline_fraction):.1%} "
             f"| {float(case.compile_seconds):.2f} |")

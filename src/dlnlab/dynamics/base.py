@@ -192,6 +192,21 @@ class Stepper:
     hyperparameters_type: ClassVar[type] = Hyperparameters
     required_hyperparameters: ClassVar[tuple[str, ...]] = ("learning_rate",)
 
+    batched_from_width: ClassVar[int | None] = None
+    """Under ``Layout(product="auto")`` the engine computes this stepper's products batched over
+    the runs when the network's largest width is at least this; ``None``: always broadcast."""
+
+    def batched_product_width(self) -> int | None:
+        """The smallest largest-width at which ``Layout(product="auto")`` runs this stepper with
+        batched products (:func:`dlnlab.engine.resolve_product`); ``None``: never.
+
+        Set from measurements on a 2-core CPU, float32, 64-1,024 runs (docs/performance.md,
+        "Which product"): batched is 1.4-17x faster from width 32 on (16 for the anisotropic
+        SDE, whose step is matrix-matrix work) and 2-5x slower at width 12. Steppers whose
+        layouts were not measured (offline minibatches, the reduced SDE, gradient flow) keep
+        ``None``."""
+        return self.batched_from_width
+
     def init(self, weights):
         """Initial state from weights ``(d_l, d_{l-1}, *R)``."""
         weights = tuple(jnp.asarray(w) for w in weights)

@@ -13,6 +13,7 @@ from .method import ConformanceCase, Method, MethodSettings
 class GradientDescent(Stepper):
     """``theta <- theta - eta grad L``: the population gradient online, the full data set offline."""
     name: ClassVar[str] = "gd"
+    batched_from_width: ClassVar[int | None] = 32
 
     def apply(self, words, noise, state, hparams):
         dtype = dtype_of(state)

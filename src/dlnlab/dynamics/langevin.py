@@ -41,11 +41,17 @@ class AnisotropicLangevin(Stepper):
     """
     path_substeps: int = 1
     name: ClassVar[str] = "sde"
+    batched_from_width: ClassVar[int | None] = 16
     uses_step_size: ClassVar[bool] = True
     hyperparameters_type: ClassVar[type] = StepSizeHyperparameters
 
     def __post_init__(self):
         v.positive_int("path_substeps", self.path_substeps)
+
+    def batched_product_width(self):
+        """16 online (the step is matrix-matrix work); offline (noise over the data set) not
+        measured: ``None``."""
+        return self.batched_from_width if self.task.online else None
 
     def noise_shapes(self):
         task = self.task
@@ -120,6 +126,7 @@ class IsotropicLangevin(Stepper):
     ``theta <- theta - h grad L + sqrt(2 T h) z`` (``T`` = ``hparams.temperature``)."""
     widths: tuple = ()
     name: ClassVar[str] = "isotropic"
+    batched_from_width: ClassVar[int | None] = 32
     uses_step_size: ClassVar[bool] = True
     hyperparameters_type: ClassVar[type] = IsotropicHyperparameters
     required_hyperparameters: ClassVar[tuple[str, ...]] = ("learning_rate", "temperature")

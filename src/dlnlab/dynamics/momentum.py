@@ -46,6 +46,7 @@ class MomentumSGD(Stepper):
     offline (with or without replacement, as :class:`~dlnlab.dynamics.sgd.OfflineSGD`)."""
     batch_size: int = 1
     name: ClassVar[str] = "momentum_sgd"
+    batched_from_width: ClassVar[int | None] = 32
     reports_minibatch_loss: ClassVar[bool] = True
     hyperparameters_type: ClassVar[type] = MomentumHyperparameters
     required_hyperparameters: ClassVar[tuple[str, ...]] = ("learning_rate", "momentum")
@@ -54,6 +55,10 @@ class MomentumSGD(Stepper):
         v.positive_int("batch_size", self.batch_size)
         if not self.task.online:
             sgd.check_offline(self.task, self.batch_size, self.replacement)
+
+    def batched_product_width(self):
+        """32 online; offline minibatches not measured: ``None``."""
+        return self.batched_from_width if self.task.online else None
 
     def init(self, weights):
         weights = tuple(jnp.asarray(w) for w in weights)

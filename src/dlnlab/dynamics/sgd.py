@@ -98,6 +98,7 @@ class OnlineSGD(Stepper):
     """``theta <- theta - eta mean_{i<=B} g(x_i, eps_i)`` with fresh ``x ~ N(0, S_x)`` each step."""
     batch_size: int = 1
     name: ClassVar[str] = "sgd"
+    batched_from_width: ClassVar[int | None] = 32
     reports_minibatch_loss: ClassVar[bool] = True
 
     def __post_init__(self):

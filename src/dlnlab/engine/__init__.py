@@ -8,6 +8,7 @@ from .simulate import (
     DEFAULT_DIVERGENCE_THRESHOLD,
     advance_from,
     initial_state,
+    resolve_product,
     run_keys,
     simulate,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "observe_amplitudes",
     "observe_weights",
     "record_steps",
+    "resolve_product",
     "run_keys",
     "simulate",
     "steps_for_times",

@@ -49,42 +49,54 @@ class Recording:
 
 
 #: The ways a step's matrix products can run over the runs (``Layout.product``).
-PRODUCTS = ("broadcast", "batched")
+PRODUCTS = ("auto", "broadcast", "batched")
 
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """How the runs are laid out. In the default ``product="broadcast"`` results never depend on
-    the other fields (bit-identical); ``product="batched"`` rounds differently (below).
+    """How the runs are laid out. Results never depend on ``block_steps``, ``run_group``,
+    ``parallel``, ``chunk_steps`` or the number of runs (bit-identical); ``product`` picks one of
+    two ways of computing a step, which round differently (float rounding).
 
     - ``block_steps``: steps per pre-drawn noise block (1 is compiled as 2: a one-trip loop is
       inlined by XLA and rounds differently; see ``engine.simulate._block``).
-    - ``run_group``: runs advanced together (cache blocking); ``None``: 128 on CPU, all runs
-      elsewhere. Runs are padded to a multiple of the groups with copies of the last run.
+    - ``run_group``: runs advanced together (cache blocking); ``None``: on CPU groups of 128
+      runs (32 for batched products), or one group per host device when there are fewer runs
+      per device (at least 32 runs for broadcast products, 2 for batched); all runs elsewhere. Runs are padded
+      to a multiple of the groups with copies of the last run.
     - ``parallel``: on CPU, split the run groups over the host devices.
     - ``chunk_steps``: most steps per dispatch (progress and checkpoint granularity).
-    - ``product``: how a step's matrix products run over the runs. ``"broadcast"`` (default):
-      runs on the trailing axis, broadcast-multiply-and-sum (vector lanes across runs; cache-sized
-      run groups); results do not depend on the layout or the number of runs (bit-identical).
-      ``"batched"``: runs on the leading axis inside each block of steps, the single-run step mapped
-      over them (``jax.vmap``: batched ``dot``); faster where a step is matrix-matrix work (widths
-      >= 64, minibatches of 32: docs/performance.md), but it rounds differently (float32 rounding)
-      and XLA may round a run differently for different numbers of runs, so a run's bits are not
-      guaranteed independent of the batch: an opt-in for throughput, not the default.
+    - ``product``: how a step's matrix products run over the runs.
+
+      - ``"broadcast"``: runs on the trailing axis, broadcast-multiply-and-sum (vector lanes
+        across runs; cache-sized run groups). Fastest for narrow networks (width 12: 2-5x).
+      - ``"batched"``: runs on the leading axis inside each block of steps, the single-run step
+        mapped over them (``jax.vmap``: batched ``dot``). Fastest from width 16-32 on (1.4-17x,
+        docs/performance.md). A run group then holds at least 2 runs (a lone run is padded with
+        a copy): XLA computes a batch of one as a plain product, which rounds differently, while
+        batches of 2 or more give a run the same bits whatever their size (tested).
+      - ``"auto"`` (default): ``"batched"`` when the network's largest width is at least the
+        stepper's :meth:`~dlnlab.dynamics.Stepper.batched_product_width` (32; 16 for the
+        anisotropic SDE; never for steppers not measured), else ``"broadcast"``
+        (:func:`~dlnlab.engine.resolve_product`). The choice depends on the network's shape
+        only, never on the number of runs, so results stay independent of it; the dataset
+        records it (``attrs["layout_product"]``).
     """
     block_steps: int = 64
     run_group: int | None = None
     parallel: bool = True
     chunk_steps: int = 1 << 14
-    product: str = "broadcast"
+    product: str = "auto"
 
     def __post_init__(self):
         if self.product not in PRODUCTS:
             v.fail("layout.product", self.product, f"must be one of {', '.join(PRODUCTS)}")
-        v.positive_int("block_steps", self.block_steps)
-        v.positive_int("chunk_steps", self.chunk_steps)
+        v.positive_int("layout.block_steps", self.block_steps)
+        v.positive_int("layout.chunk_steps", self.chunk_steps)
         if self.run_group is not None:
-            v.positive_int("run_group", self.run_group)
+            v.positive_int("layout.run_group", self.run_group)
+        if not isinstance(self.parallel, bool):
+            v.fail("layout.parallel", self.parallel, "must be true or false")
 
 
 @dataclasses.dataclass(frozen=True)

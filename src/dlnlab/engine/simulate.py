@@ -12,6 +12,7 @@ step contract: ``init``, ``draw``, ``apply``, ``time_step`` and the observer ``o
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,7 @@ from ..dynamics import key_words
 from ..dynamics.base import Stepper, check_hyperparameter
 from ..dynamics.observers import OBSERVABLE_DIMS
 from ..io.atomic import atomic_write_npz
-from .options import Checkpoint, Layout, Recording, Schedule
+from .options import PRODUCTS, Checkpoint, Layout, Recording, Schedule
 
 DEFAULT_DIVERGENCE_THRESHOLD = 1e8
 
@@ -309,17 +310,68 @@ def _block(block_steps: int) -> int:
     return max(2, int(block_steps))
 
 
-def _layout(num_runs: int, run_group: int | None, parallel: bool) -> tuple[int, int, int]:
-    """``(run_group, num_devices, padded_runs)``. On CPU: groups of 128 runs (cache blocking)
-    spread over the host devices; elsewhere (GPU) all runs at once on one device."""
+def resolve_product(stepper: Stepper, weights, product: str = "auto") -> str:
+    """The product layout a simulation uses: ``product`` itself unless it is ``"auto"``, then
+    ``"batched"`` when the network's largest width (over the weight shapes
+    ``(num_runs, d_l, d_{l-1})``, or ``(d_l, d_{l-1})``) is at least
+    ``stepper.batched_product_width()``, else ``"broadcast"`` (:class:`~dlnlab.engine.Layout`).
+    Depends on the network's shape only, never on the number of runs.
+
+    Raises ``ValueError`` (one line) for an unknown ``product``."""
+    if product not in PRODUCTS:
+        v.fail("layout.product", product, f"must be one of {', '.join(PRODUCTS)}")
+    if product != "auto":
+        return product
+    threshold = stepper.batched_product_width()
+    weights = tuple(weights) if isinstance(weights, tuple | list) else (weights,)
+    widest = max(max(np.shape(w)[-2:]) for w in weights)
+    return "batched" if threshold is not None and widest >= threshold else "broadcast"
+
+
+#: Fewest runs a batched run group holds: XLA computes a batch of one as a plain product, which
+#: rounds differently (batches of 2 to 200 runs were bit-identical). Broadcast groups need no
+#: minimum that would help: padding them to 32 runs made 1-31 runs bit-identical to 32+ runs in
+#: float32 but cost 7-26x for a few runs (docs/architecture.md, "Results never depend on the
+#: batching", the known gap).
+BATCHED_MIN_GROUP = 2
+#: Smallest broadcast group the default layout splits runs into to use every host device: with
+#: XLA's YNNPACK fusion on, broadcast groups below 32 runs rounded differently from 32 or more.
+BROADCAST_SPREAD_GROUP = 32
+#: Default batched run group on CPU: batched matrix products gain nothing from larger groups
+#: (32-run groups were 1.07-1.3x faster than 128-run groups at d = 32-256, 256-1024 runs, load
+#: 1.5-2), and their bits do not depend on the group size.
+BATCHED_GROUP = 32
+
+
+def _layout(num_runs: int, run_group: int | None, parallel: bool,
+            batched: bool = False) -> tuple[int, int, int]:
+    """``(run_group, num_devices, padded_runs)``. On CPU: groups of 128 runs (cache blocking;
+    for batched products equal groups of at most :data:`BATCHED_GROUP`, a multiple of the
+    devices in number) spread over the host devices; with fewer than 128 runs per device, one
+    group per device (a 64-run simulation on 2 cores: two groups of 32, 1.4-2.2x faster than
+    one group on one core), of at least :data:`BROADCAST_SPREAD_GROUP` runs for broadcast
+    products; elsewhere (GPU) all
+    runs at once on one device.
+    With batched products (``batched``) a group holds at least :data:`BATCHED_MIN_GROUP` runs.
+    Runs are padded with copies of the last run."""
     cpu = jax.default_backend() == "cpu"
+    minimum_group = BATCHED_MIN_GROUP if batched else 1
+    available = jax.local_device_count() if (cpu and parallel) else 1
     if run_group is None:
-        run_group = 128 if cpu else num_runs
-    run_group = v.positive_int("run_group", run_group)
+        if not cpu:
+            run_group = num_runs
+        elif batched:              # balanced groups of at most BATCHED_GROUP runs on every device
+            groups = available * math.ceil(num_runs / (BATCHED_GROUP * available))
+            run_group = max(minimum_group, math.ceil(num_runs / groups))
+        elif num_runs >= 128 * available:
+            run_group = 128
+        else:                      # fewer runs than 128 per device: one group per device
+            run_group = max(BROADCAST_SPREAD_GROUP, math.ceil(num_runs / available))
+    run_group = max(v.positive_int("layout.run_group", run_group), minimum_group)
     if num_runs <= run_group:
-        return num_runs, 1, num_runs
-    devices = jax.local_device_count() if (cpu and parallel) else 1
-    devices = max(1, min(devices, num_runs // run_group))
+        group = max(num_runs, minimum_group)
+        return group, 1, group
+    devices = max(1, min(available, -(-num_runs // run_group)))
     unit = run_group * devices
     return run_group, devices, -(-num_runs // unit) * unit
 
@@ -435,8 +487,10 @@ def simulate(stepper: Stepper, weights, hparams, key, recording, *, layout: Layo
         (docs/sweeps.md).
       recording: a :class:`~dlnlab.engine.Recording` (steps, observables), or just the sorted
         steps to record (:func:`~dlnlab.engine.record_steps`; every observable).
-      layout: :class:`~dlnlab.engine.Layout` (block, run group, host devices, chunk); results
-        do not depend on it.
+      layout: :class:`~dlnlab.engine.Layout` (block, run group, host devices, chunk, product);
+        results do not depend on it, except through the product (broadcast or batched, which
+        round differently; ``"auto"`` picks one from the network's widths, recorded in
+        ``attrs["layout_product"]``).
       checkpoint: a :class:`~dlnlab.engine.Checkpoint` or a file path: the state and records
         are saved there atomically every ``every_seconds``, and a matching checkpoint is resumed
         from (bit-identical result: the randomness is counter-based). Deleted at the end.
@@ -479,9 +533,7 @@ def simulate(stepper: Stepper, weights, hparams, key, recording, *, layout: Layo
     num_runs = int(weights[0].shape[0])
     dtype = weights[0].dtype
     steps = recording.steps
-    run_group, num_devices, padded = _layout(num_runs, layout.run_group, layout.parallel)
     stepper = _with_dtype(stepper, dtype)
-    product = layout.product
     hp = _broadcast_hparams(stepper, hparams, num_runs, dtype)
     if key.ndim == 1 and key.shape != (num_runs,):
         v.fail("key.shape", key.shape, f"one key per run must have shape ({num_runs},) "
@@ -490,6 +542,9 @@ def simulate(stepper: Stepper, weights, hparams, key, recording, *, layout: Layo
     words = key_words(keys)                                           # (2, R)
     state = initial_state(stepper, weights)
     phases = _phases(stepper, hp, schedule, num_runs, dtype, state)
+    products = [resolve_product(st, weights, layout.product) for _, st, _ in phases]
+    run_group, num_devices, padded = _layout(num_runs, layout.run_group, layout.parallel,
+                                             "batched" in products)
     divergence_threshold = _check_threshold(divergence_threshold)
     limits = [_loss_limit(st, divergence_threshold, dtype) for _, st, _ in phases]
     block_steps = _block(layout.block_steps)
@@ -501,8 +556,10 @@ def simulate(stepper: Stepper, weights, hparams, key, recording, *, layout: Layo
     shapes = jax.eval_shape(lambda s: _observe(stepper, s, hp, names, recording.coupled), state)
     records = {k: np.full((num_runs, steps.size) + shapes[k].shape[1:], np.nan,
                           dtype=np.dtype(shapes[k].dtype)) for k in names}
-    fingerprint = _fingerprint(phases, weights, hp, words, steps, divergence_threshold,
-                               (names, recording.coupled, str(dtype)))
+    settings = (names, recording.coupled, str(dtype))
+    if "batched" in products:       # broadcast-only checkpoints keep their earlier fingerprint
+        settings += (tuple(products),)
+    fingerprint = _fingerprint(phases, weights, hp, words, steps, divergence_threshold, settings)
     ckpt = Path(checkpoint.path) if checkpoint is not None else None
     position, index = 0, 0
     if ckpt is not None and ckpt.exists():
@@ -525,8 +582,8 @@ def simulate(stepper: Stepper, weights, hparams, key, recording, *, layout: Layo
             t0 = time.perf_counter()
             state, diverged = pad.unpad(_advance_parallel(
                 active, *pad.pad((state, diverged, words, active_hp)), jnp.int32(n),
-                block_steps=block_steps, run_group=run_group, num_devices=num_devices, product=product,
-                threshold=limits[phase]))
+                block_steps=block_steps, run_group=run_group, num_devices=num_devices,
+                product=products[phase], threshold=limits[phase]))
             jax.block_until_ready(diverged)
             elapsed = time.perf_counter() - t0
             if first_call:
@@ -547,8 +604,10 @@ def simulate(stepper: Stepper, weights, hparams, key, recording, *, layout: Layo
         index += 1
     if ckpt is not None and ckpt.exists():
         ckpt.unlink()
-    return _to_dataset(stepper, records, steps, hp, np.asarray(diverged), run_offset,
-                       dict(compile_s=compile_s, run_s=run_s))
+    ds = _to_dataset(stepper, records, steps, hp, np.asarray(diverged), run_offset,
+                     dict(compile_s=compile_s, run_s=run_s))
+    ds.attrs["layout_product"] = ", ".join(dict.fromkeys(products))
+    return ds
 
 
 def advance_from(stepper: Stepper, weights, hparams, key, *, layout: Layout | None = None,
@@ -561,9 +620,10 @@ def advance_from(stepper: Stepper, weights, hparams, key, *, layout: Layout | No
     weights = tuple(jnp.asarray(w) for w in (weights if isinstance(weights, tuple | list)
                                               else (weights,)))
     num_runs, dtype = int(weights[0].shape[0]), weights[0].dtype
-    run_group, num_devices, padded = _layout(num_runs, layout.run_group, layout.parallel)
     stepper = _with_dtype(stepper, dtype)
-    product = layout.product
+    product = resolve_product(stepper, weights, layout.product)
+    run_group, num_devices, padded = _layout(num_runs, layout.run_group, layout.parallel,
+                                             product == "batched")
     hp = _broadcast_hparams(stepper, hparams, num_runs, dtype)
     words = key_words(run_keys(key, num_runs))
     pad = _padder(num_runs, padded)

@@ -305,6 +305,10 @@ class _ExperimentBase(_Model):
                                                                            "record")
     divergence_threshold: float = Field(1e8, gt=0.0, description="a run whose loss exceeds this "
                                                                  "is labelled diverged")
+    product: Literal["auto", "broadcast", "batched"] = Field(
+        "auto", description="how a step's matrix products run over the runs (engine Layout.product): "
+                            "auto picks batched from width 32 (16 for sde), else broadcast; the two "
+                            "round differently (docs/performance.md)")
 
     @field_validator("name")
     @classmethod

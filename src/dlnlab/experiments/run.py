@@ -25,7 +25,7 @@ from ..core import modes as core_modes
 from ..core.task import Task
 from ..core.weights import init_aligned, init_balanced, init_gaussian
 from ..dynamics.registry import get_method
-from ..engine import Checkpoint, Recording, Schedule, run_keys, simulate, steps_for_times
+from ..engine import Checkpoint, Layout, Recording, Schedule, run_keys, simulate, steps_for_times
 from ..theory.gradient_flow import (
     gradient_flow_curve,
     gradient_flow_time,
@@ -225,7 +225,8 @@ def run_method(config: ExperimentConfig, method: str, task: Task, weights, times
     ds = simulate(record.build(task, settings), record.start(weights, task), hp,
                   jax.random.fold_in(jax.random.key(config.seed), _NOISE), recording,
                   divergence_threshold=config.divergence_threshold, progress=progress,
-                  checkpoint=checkpoint, schedule=Schedule(tuple(switches)))
+                  checkpoint=checkpoint, schedule=Schedule(tuple(switches)),
+                  layout=Layout(product=config.product))
     ds = ds.assign_coords(time=np.asarray(times, dtype=np.float64))
     return ds.reset_coords("step")
 
@@ -470,15 +471,18 @@ def run_experiment(config: ExperimentConfig, *, progress_factory=None, checkpoin
         if partial is not None:
             atomic_write_dataset(ds, partial)
         parts.append(ds)
+    products = [str(ds.attrs.get("layout_product", "")) for ds in parts]
     for ds in parts:
-        for key in ("method", "compile_seconds", "run_seconds", "run_steps_per_second", "wall_seconds"):
+        for key in ("method", "compile_seconds", "run_seconds", "run_steps_per_second", "wall_seconds",
+                    "layout_product"):
             ds.attrs.pop(key, None)
     data = xr.concat(parts, dim="method_name", coords="minimal", compat="override", join="outer")
     data = data.assign_coords(method_name=list(config.methods),
                               method_label=("method_name", [get_method(m).label for m in config.methods]),
                               method_colour=("method_name", [get_method(m).colour
                                                         for m in config.methods]),
-                              step_size=("method_name", [config.step_size(m) for m in config.methods]))
+                              step_size=("method_name", [config.step_size(m) for m in config.methods]),
+                              layout_product=("method_name", products))
     overlays = theory_overlays(config, task, weights, times, measured=data)
     data = data.merge(overlays)
     if "isotropic" in prepared:   # each run's own matched temperature (run i never depends on runs)

@@ -9,6 +9,8 @@ from matplotlib.lines import Line2D
 
 METHOD_STYLE = {"sgd": ("online SGD", "tab:orange"), "sde": ("anisotropic SDE", "tab:green")}
 WIDTH_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+PRODUCT_EDGE = {"broadcast": ("black", 0.4), "batched": ("darkred", 1.6)}
+"""Marker edge (colour, width) by the engine's product layout (``Layout.product``)."""
 
 
 def _size(runs: int) -> float:
@@ -21,7 +23,9 @@ def roofline_figure(ds: xr.Dataset) -> Figure:
     The two ceilings measured in the same run (``ds.attrs['peak_gflop_per_second']`` and
     ``bandwidth_gbyte_per_second``) are drawn as lines; one marker per measured case of
     ``ds.gflop_per_second`` (``dlnlab.roofline.run_scaling``): colour by method, marker shape by
-    width ``d``, marker area by the number of runs. Skipped cases are not drawn.
+    width ``d``, marker area by the number of runs, edge by the product layout (``ds.product``
+    when present: thin black for broadcast, thick dark red for batched). Skipped cases are not
+    drawn.
     """
     peak = float(ds.attrs["peak_gflop_per_second"])
     bandwidth = float(ds.attrs["bandwidth_gbyte_per_second"])
@@ -41,18 +45,20 @@ def roofline_figure(ds: xr.Dataset) -> Figure:
     ax.annotate(f"bandwidth\n{bandwidth:.1f} GB/s", (at, at * bandwidth), xytext=(6, -3),
                 textcoords="offset points", ha="left", va="top", fontsize=9)
     widths = [int(d) for d in ds.width.values]
+    products = ds["product"].values if "product" in ds else np.full(measured.shape, "broadcast")
     for i, method in enumerate(ds.method.values):
         colour = METHOD_STYLE.get(str(method), (str(method), "tab:blue"))[1]
         for j in range(len(widths)):
             marker = WIDTH_MARKERS[j % len(WIDTH_MARKERS)]
             for n, runs in enumerate(ds.runs.values):
                 sel = (i, j, slice(None), slice(None), n)
-                ok = measured[sel]
-                if not np.any(ok):
-                    continue
-                ax.scatter(intensity[sel][ok], ds.gflop_per_second.values[sel][ok], s=_size(int(runs)),
-                           marker=marker, color=colour, alpha=0.75, edgecolors="black",
-                           linewidths=0.4, zorder=3)
+                for product, (edge, line) in PRODUCT_EDGE.items():
+                    ok = measured[sel] & (products[sel] == product)
+                    if not np.any(ok):
+                        continue
+                    ax.scatter(intensity[sel][ok], ds.gflop_per_second.values[sel][ok],
+                               s=_size(int(runs)), marker=marker, color=colour, alpha=0.75,
+                               edgecolors=edge, linewidths=line, zorder=3)
     ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP / byte, minimum traffic)",
            ylabel="achieved GFLOP/s (float32)", xlim=(lo, hi))
     ymin = np.nanmin(ds.gflop_per_second.values) if np.any(measured) else peak / 1e3
@@ -68,7 +74,11 @@ def roofline_figure(ds: xr.Dataset) -> Figure:
              for r in ds.runs.values]
     fig.legend(handles=ceiling + methods + shapes, loc="outside right upper", fontsize=8,
                title="method, width", title_fontsize=8)
-    fig.legend(handles=sizes, loc="outside right lower", fontsize=8, title="marker area", title_fontsize=8)
+    edges = [Line2D([], [], ls="", marker="o", color="lightgrey", markeredgecolor=edge,
+                    markeredgewidth=line, label=product) for product, (edge, line) in PRODUCT_EDGE.items()
+             if np.any(measured & (products == product))]
+    fig.legend(handles=sizes + edges, loc="outside right lower", fontsize=8,
+               title="marker area; edge: product", title_fontsize=8)
     ax.set_title(f"dlnlab steppers against the roofline ({ds.attrs.get('device', '')}; "
                  f"load {ds.attrs.get('load_average_start', '')})", fontsize=9)
     return fig

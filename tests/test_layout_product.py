@@ -1,0 +1,189 @@
+"""``Layout(product=...)``: the automatic choice between broadcast and batched matrix products
+(issue 15: "a layout per size, selected automatically and overridable"), and the bit-identity of
+a run whatever the number of runs under the batched product.
+
+The choice depends on the network's widths and the stepper only (``engine.resolve_product``),
+so a run's bits never depend on how many runs are made; batched run groups hold at least two
+runs because XLA computes a batch of one as a plain product, which rounds differently.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dlnlab import dynamics as dy
+from dlnlab import engine as en
+from dlnlab.core import Task
+
+
+def _task(width, dtype=jnp.float32, num_samples=None):
+    task = Task.from_spectrum(jax.random.key(1), width, width, [1.0, 0.5], dtype=dtype)
+    return task if num_samples is None else task.with_data(jax.random.key(2), num_samples)
+
+
+def _weights(width, depth, runs, dtype=jnp.float32):
+    return tuple((0.1 / np.sqrt(width) * jax.random.normal(jax.random.key(layer), (runs, width, width),
+                                                             dtype)).astype(dtype) for layer in range(depth))
+
+
+@pytest.mark.parametrize("stepper,width,expected", [
+    (lambda t: dy.OnlineSGD(t), 12, "broadcast"),            # the paper's task: unchanged
+    (lambda t: dy.OnlineSGD(t), 24, "broadcast"),
+    (lambda t: dy.OnlineSGD(t), 32, "batched"),
+    (lambda t: dy.OnlineSGD(t, batch_size=32), 64, "batched"),
+    (lambda t: dy.AnisotropicLangevin(t), 12, "broadcast"),
+    (lambda t: dy.AnisotropicLangevin(t), 16, "batched"),
+    (lambda t: dy.GradientDescent(t), 16, "broadcast"),
+    (lambda t: dy.GradientDescent(t), 32, "batched"),
+    (lambda t: dy.MomentumSGD(t), 32, "batched"),
+    (lambda t: dy.IsotropicLangevin(t, widths=(32, 32, 32)), 32, "batched"),
+])
+def test_auto_product_follows_the_measured_widths(stepper, width, expected):
+    st = stepper(_task(width))
+    weights = _weights(width, 2, 3)
+    assert en.resolve_product(st, weights) == expected
+    assert en.resolve_product(st, tuple(w[0] for w in weights)) == expected   # no run axis
+    for forced in ("broadcast", "batched"):                                    # overridable
+        assert en.resolve_product(st, weights, forced) == forced
+
+
+def test_auto_product_uses_the_widest_layer_and_never_the_number_of_runs():
+    st = dy.OnlineSGD(_task(4))
+    narrow = (jnp.zeros((2, 40, 4)), jnp.zeros((2, 4, 40)))          # hidden width 40
+    assert en.resolve_product(st, narrow) == "batched"
+    for runs in (1, 7, 300):
+        assert en.resolve_product(st, _weights(12, 2, runs)) == "broadcast"
+        assert en.resolve_product(st, _weights(32, 2, runs)) == "batched"
+
+
+def test_unmeasured_steppers_stay_broadcast():
+    """Offline minibatches, the offline SDE and the reduced SDE were not measured: broadcast."""
+    offline = _task(32, num_samples=64)
+    assert en.resolve_product(dy.OfflineSGD(offline, batch_size=4), _weights(32, 2, 2)) == "broadcast"
+    assert en.resolve_product(dy.AnisotropicLangevin(offline), _weights(32, 2, 2)) == "broadcast"
+    assert en.resolve_product(dy.MomentumSGD(offline, batch_size=4), _weights(32, 2, 2)) == "broadcast"
+
+
+def test_bad_product_is_one_line():
+    with pytest.raises(ValueError, match=r"^layout.product='vmap': must be one of auto, broadcast, "
+                                         r"batched$"):
+        en.resolve_product(dy.OnlineSGD(_task(4)), _weights(4, 2, 2), "vmap")
+    with pytest.raises(ValueError, match=r"^layout.parallel='yes': must be true or false$"):
+        en.Layout(parallel="yes")
+    with pytest.raises(ValueError, match=r"^layout.run_group=0: must be an integer >= 1$"):
+        en.Layout(run_group=0)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("kind,width,depth", [("sgd", 32, 3), ("sde", 16, 2)])
+def test_batched_run_does_not_depend_on_the_number_of_runs(dtype, kind, width, depth):
+    """Under ``"auto"`` (batched here) run i's weights after 70 steps (a 64-step block and a
+    rest) are bit-identical for 1, 2, 5 and 40 runs, run groups of 1 (raised to 2) and 4, and
+    one host device; and the runs moved (another key gives other weights)."""
+    task = _task(width, dtype)
+    if kind == "sgd":
+        stepper, hp = dy.OnlineSGD(task), dy.Hyperparameters(0.01, 1.0)
+    else:
+        stepper, hp = dy.AnisotropicLangevin(task), dy.StepSizeHyperparameters(0.01, 1.0, 0.001)
+    weights = _weights(width, depth, 40, dtype)
+    recording = en.Recording([0, 70], observables=["parameters"])
+
+    def final(runs, seed=0, **layout):
+        ds = en.simulate(stepper, tuple(w[:runs] for w in weights), hp, jax.random.key(seed), recording,
+                         layout=en.Layout(**layout))
+        assert ds.attrs["layout_product"] == "batched"
+        return ds["parameters"].isel(time=-1).values
+
+    reference = final(40)
+    assert np.all(np.isfinite(reference))
+    for runs, layout in [(1, {}), (2, {}), (5, {}), (5, {"run_group": 1}), (5, {"run_group": 4}),
+                         (40, {"run_group": 4, "parallel": False})]:
+        np.testing.assert_array_equal(final(runs, **layout), reference[:runs], err_msg=f"{runs} {layout}")
+    other = final(2, seed=1)
+    assert not np.array_equal(other, reference[:2])
+    np.testing.assert_array_equal(other[1], final(40, seed=1)[1])
+
+
+def test_a_batch_of_one_would_round_differently(monkeypatch):
+    """Why batched groups hold two runs: without the padding a lone run (a batch of one, which XLA
+    computes as a plain product) differs from the same run among others, in float32."""
+    import importlib
+
+    engine_simulate = importlib.import_module("dlnlab.engine.simulate")
+
+    task = _task(32)
+    stepper, hp = dy.OnlineSGD(task), dy.Hyperparameters(0.01, 1.0)
+    weights = _weights(32, 4, 5)
+    recording = en.Recording([0, 200], observables=["parameters"])
+
+    def run_zero(runs):
+        ds = en.simulate(stepper, tuple(w[:runs] for w in weights), hp, jax.random.key(0), recording)
+        return ds["parameters"].isel(time=-1, run=0).values
+
+    many = run_zero(5)
+    np.testing.assert_array_equal(run_zero(1), many)
+    monkeypatch.setattr(engine_simulate, "BATCHED_MIN_GROUP", 1)
+    assert not np.array_equal(run_zero(1), many)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_broadcast_run_does_not_depend_on_the_number_of_runs(dtype):
+    """The paper's width and depth under the CLI's XLA flags (tests/conftest.py): runs of 1, 5,
+    16 and 31 runs equal the same runs of 40 bit for bit. (With XLA's YNNPACK fusion on, jax's
+    default when dlnlab is used from Python without those flags, 1-31 runs differed from 32+
+    by 1 ulp on these values: docs/architecture.md.)"""
+    task = _task(12, dtype)
+    stepper, hp = dy.OnlineSGD(task), dy.Hyperparameters(0.01, 1.0)
+    weights = tuple((jax.random.normal(jax.random.key(layer), (300, 12, 12), jnp.float32) * 0.1
+                     / np.sqrt(12)).astype(dtype) for layer in range(4))
+    recording = en.Recording([0, 130], observables=["parameters"])
+    out = {runs: en.simulate(stepper, tuple(w[:runs] for w in weights), hp, jax.random.key(0),
+                             recording)["parameters"].isel(time=-1).values for runs in (1, 5, 16, 31, 40)}
+    for runs in (1, 5, 16, 31):
+        np.testing.assert_array_equal(out[runs], out[40][:runs], err_msg=str(runs))
+    assert not np.array_equal(out[40][0], out[40][1])
+
+
+def test_datasets_record_the_product():
+    from dlnlab.experiments.config import validate_config
+    from dlnlab.experiments.run import run_experiment
+
+    task = _task(12)
+    ds = en.simulate(dy.OnlineSGD(task), _weights(12, 2, 2), dy.Hyperparameters(0.01, 1.0),
+                     jax.random.key(0), en.Recording([0, 4]))
+    assert ds.attrs["layout_product"] == "broadcast"
+    config = validate_config({"runs": 2, "methods": ["gd", "sgd"],
+                              "task": {"d_in": 4, "d_out": 4, "hidden": [32], "spectrum": [1.0, 0.5]},
+                              "training": {"horizon": 0.2}, "record": {"points": 3}})
+    data = run_experiment(config)
+    assert list(data.layout_product.values) == ["batched", "batched"]
+    forced = run_experiment(config.model_copy(update={"product": "broadcast"}))
+    assert list(forced.layout_product.values) == ["broadcast", "broadcast"]
+    np.testing.assert_allclose(forced.loss.values, data.loss.values, rtol=1e-4)    # float32 rounding
+    with pytest.raises(ValueError, match="product"):
+        validate_config({"product": "vmap"})
+
+
+def test_fewer_runs_than_a_group_per_device_are_spread_over_the_host_devices():
+    """On CPU with 2 host devices (tests/conftest.py): 64 runs run as two groups of 32, one per
+    core (1.4-2.2x faster than one group on one core, docs/performance.md); 1,024 runs as groups
+    of 128 (32 with batched products, balanced); broadcast groups keep at least 32 runs, batched
+    ones at least 2 (a lone run padded)."""
+    import importlib
+
+    layout = importlib.import_module("dlnlab.engine.simulate")._layout
+    if jax.default_backend() != "cpu" or jax.local_device_count() != 2:
+        pytest.skip("written for 2 host devices on a CPU (this machine)")
+    assert layout(64, None, True, batched=False) == (32, 2, 64)
+    assert layout(64, None, True, batched=True) == (32, 2, 64)
+    assert layout(1024, None, True, batched=False) == (128, 2, 1024)
+    assert layout(31, None, True, batched=False) == (31, 1, 31)          # one group of >= 32
+    assert layout(5, None, True, batched=True) == (3, 2, 6)
+    assert layout(1024, None, True, batched=True) == (32, 2, 1024)       # BATCHED_GROUP
+    assert layout(100, None, True, batched=True) == (25, 2, 100)         # 4 equal groups, no padding
+    assert layout(1, None, True, batched=True) == (2, 1, 2)              # a lone run padded
+    assert layout(64, None, False, batched=False) == (64, 1, 64)         # parallel=False
+    assert layout(64, 16, True, batched=False) == (16, 2, 64)            # an explicit group
