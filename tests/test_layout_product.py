@@ -75,6 +75,8 @@ def test_bad_product_is_one_line():
         en.Layout(parallel="yes")
     with pytest.raises(ValueError, match=r"^layout.run_group=0: must be an integer >= 1$"):
         en.Layout(run_group=0)
+    with pytest.raises(ValueError, match=r"^weights='0 arrays of shapes \[\]': must be one or more"):
+        en.resolve_product(dy.OnlineSGD(_task(4)), [])
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])

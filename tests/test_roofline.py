@@ -155,6 +155,8 @@ def test_bad_options_one_line(kwargs, message):
     (["bench", "--out", "somewhere"], "--out=somewhere: only with --scaling"),
     (["bench", "--scaling", "--torch"], "use it without --scaling"),
     (["bench", "--max-step-seconds", "1"], "--max-step-seconds=1.0: only with --scaling"),
+    (["bench", "--scaling", "--memory-cap", "-1"], "--memory-cap=-1.0: must be a finite number > 0"),
+    (["bench", "--scaling", "--max-step-seconds", "nan"], "--max-step-seconds=nan: must be a finite"),
 ])
 def test_cli_bad_bench_options(argv, message, capsys):
     assert main(argv) == 2
@@ -177,3 +179,12 @@ def test_missing_torch_is_one_line(monkeypatch):
     with pytest.raises(ValueError, match=r"^bench --torch: PyTorch is not installed "
                                          r"\(pip install 'dlnlab\[bench-torch\]'\)$"):
         torch_baseline.import_torch()
+
+
+def test_cli_out_under_a_file_is_refused_before_the_run(tmp_path, capsys):
+    """A folder that cannot be created (here: under a file) fails before the 14-minute grid."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["bench", "--scaling", "--out", str(afile / "sub")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --out=") and "cannot be created" in err and "\n" not in err

@@ -637,3 +637,15 @@ def test_a_method_a_point_does_not_run_is_absent_not_pending(tmp_path):
     rows = summary_rows(ds)
     assert sorted((r["methods"], r["method"]) for r in rows) == [('["gd"]', "gd"), ('["sgd"]', "sgd")]
     assert all(r["pending"] == 0 and r["runs"] == 2 for r in rows)
+
+
+def test_the_product_of_each_point_is_used_and_recorded(tmp_path):
+    """A sweep over ``product`` runs each point with its own product (one call each: they round
+    differently) and records the product it ran (``auto`` resolved: broadcast at width 3)."""
+    ds = run_sweep(sweep({"product": ["auto", "broadcast", "batched"]}, runs=2),
+                   tmp_path / "out").load()
+    got = ds.layout_product.sel(method_name="sgd")
+    assert got.sel(product="auto").values.tolist() == ["broadcast"] * 2
+    assert got.sel(product="broadcast").values.tolist() == ["broadcast"] * 2
+    assert got.sel(product="batched").values.tolist() == ["batched"] * 2
+    assert ds.layout_product.attrs["long_name"].startswith("how the engine ran")

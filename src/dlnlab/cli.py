@@ -7,6 +7,8 @@ Every command is one call of a library function (``dlnlab.theory.mode_summary`` 
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -256,8 +258,19 @@ def bench(
                 raise ValueError(f"{name}={value}: only with --scaling")
     if product not in ("auto", "broadcast", "batched"):
         raise ValueError(f"--product={product!r}: must be one of auto, broadcast, batched")
-    if scaling and out is not None and Path(out).exists() and not Path(out).is_dir():
-        raise ValueError(f"--out={str(out)!r}: must be a folder (it is a file), checked before the run")
+    if scaling and out is not None:
+        if Path(out).exists() and not Path(out).is_dir():
+            raise ValueError(f"--out={str(out)!r}: must be a folder (it is a file), checked before the run")
+        try:
+            Path(out).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ValueError(f"--out={str(out)!r}: cannot be created ({error.strerror or error}), "
+                             "checked before the run") from None
+        if not os.access(out, os.W_OK):
+            raise ValueError(f"--out={str(out)!r}: is not writable, checked before the run")
+    for name, value in (("--memory-cap", memory_cap), ("--max-step-seconds", max_step_seconds)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name}={value}: must be a finite number > 0")
     if scaling:
         from .roofline import run_scaling, scaling_records, scaling_table, write_scaling
 

@@ -56,7 +56,7 @@ PRODUCTS = ("auto", "broadcast", "batched")
 class Layout:
     """How the runs are laid out. Results never depend on ``block_steps``, ``run_group``,
     ``parallel``, ``chunk_steps`` or the number of runs (bit-identical); ``product`` picks one of
-    two ways of computing a step, which round differently (float rounding).
+    two ways of computing a step, which can round differently (float rounding).
 
     - ``block_steps``: steps per pre-drawn noise block (1 is compiled as 2: a one-trip loop is
       inlined by XLA and rounds differently; see ``engine.simulate._block``).
@@ -71,7 +71,7 @@ class Layout:
       - ``"broadcast"``: runs on the trailing axis, broadcast-multiply-and-sum (vector lanes
         across runs; cache-sized run groups). Fastest for narrow networks (width 12: 2-5x).
       - ``"batched"``: runs on the leading axis inside each block of steps, the single-run step
-        mapped over them (``jax.vmap``: batched ``dot``). Fastest from width 16-32 on (1.4-17x,
+        mapped over them (``jax.vmap``: batched ``dot``). Fastest from width 16-32 on with many runs (1.2-27x,
         docs/performance.md). A run group then holds at least 2 runs (a lone run is padded with
         a copy): XLA computes a batch of one as a plain product, which rounds differently, while
         batches of 2 or more give a run the same bits whatever their size (tested).

@@ -317,13 +317,17 @@ def resolve_product(stepper: Stepper, weights, product: str = "auto") -> str:
     ``stepper.batched_product_width()``, else ``"broadcast"`` (:class:`~dlnlab.engine.Layout`).
     Depends on the network's shape only, never on the number of runs.
 
-    Raises ``ValueError`` (one line) for an unknown ``product``."""
+    Raises ``ValueError`` (one line) for an unknown ``product`` or weights without a layer
+    matrix."""
     if product not in PRODUCTS:
         v.fail("layout.product", product, f"must be one of {', '.join(PRODUCTS)}")
     if product != "auto":
         return product
-    threshold = stepper.batched_product_width()
     weights = tuple(weights) if isinstance(weights, tuple | list) else (weights,)
+    if not weights or any(np.ndim(w) < 2 for w in weights):
+        v.fail("weights", f"{len(weights)} arrays of shapes {[np.shape(w) for w in weights]}",
+               "must be one or more layer matrices (d_l, d_{l-1}), with or without a leading run axis")
+    threshold = stepper.batched_product_width()
     widest = max(max(np.shape(w)[-2:]) for w in weights)
     return "batched" if threshold is not None and widest >= threshold else "broadcast"
 

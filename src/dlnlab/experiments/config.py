@@ -307,8 +307,10 @@ class _ExperimentBase(_Model):
                                                                  "is labelled diverged")
     product: Literal["auto", "broadcast", "batched"] = Field(
         "auto", description="how a step's matrix products run over the runs (engine Layout.product): "
-                            "auto picks batched from width 32 (16 for sde), else broadcast; the two "
-                            "round differently (docs/performance.md)")
+                            "auto picks batched when the widest layer reaches the method's "
+                            "batched_product_width (32 for gd, sgd, momentum_sgd, isotropic; 16 "
+                            "for sde; online tasks only: offline, reduced and gf stay broadcast), "
+                            "else broadcast; the two may round differently (docs/performance.md)")
 
     @field_validator("name")
     @classmethod

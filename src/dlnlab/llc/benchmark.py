@@ -115,10 +115,10 @@ class BenchmarkSettings:
 
     def validate(self) -> BenchmarkSettings:
         if not self.classes or isinstance(self.classes, str):
-            v.fail("classes", self.classes, f"must be a non-empty list of {sorted(SIZE_CLASSES)}")
+            v.fail("classes", self.classes, f"must be a non-empty list of {', '.join(SIZE_CLASSES)}")
         for name in self.classes:
             if name not in SIZE_CLASSES:
-                v.fail("classes", name, f"must be one of {sorted(SIZE_CLASSES)}")
+                v.fail("classes", name, f"must be one of {', '.join(SIZE_CLASSES)}")
         if len(set(self.classes)) != len(self.classes):
             v.fail("classes", self.classes, "must not repeat a class")
         v.positive_int("num_networks", self.num_networks)

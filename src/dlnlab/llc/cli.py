@@ -72,7 +72,7 @@ def llc_command(
     run = 0 if run is None else run
     checkpoints = 16 if checkpoints is None else checkpoints
     if out.exists() and not out.is_dir():
-        raise ValueError(f"out={str(out)!r}: is a file, not a folder")
+        raise ValueError(f"--out={str(out)!r}: is a file, not a folder")
     resolved, sampler_fields = load_training_config(config, overrides or [])
     if at in ("init", "end") and run >= resolved.runs:
         raise ValueError(f"--run={run}: must be below the config's number of runs ({resolved.runs}; runs "
@@ -152,9 +152,9 @@ def _parse_shard(text: str) -> tuple[int, int]:
     try:
         k, n = (int(p) for p in parts)
     except ValueError:
-        raise ValueError(f"shard={text!r}: must be K/N with integers 0 <= K < N, e.g. 0/4") from None
+        raise ValueError(f"--shard={text!r}: must be K/N with integers 0 <= K < N, e.g. 0/4") from None
     if not 0 <= k < n:
-        raise ValueError(f"shard={text!r}: must be K/N with integers 0 <= K < N, e.g. 0/4")
+        raise ValueError(f"--shard={text!r}: must be K/N with integers 0 <= K < N, e.g. 0/4")
     return k, n
 
 
@@ -225,7 +225,7 @@ def llc_benchmark_command(
     from dlnlab.plot.llc import calibration_figure
 
     if out.exists() and not out.is_dir():
-        raise ValueError(f"out={str(out)!r}: is a file, not a folder")
+        raise ValueError(f"--out={str(out)!r}: is a file, not a folder")
     given = {"--protocol": protocol, "--classes": classes, "--networks": networks, "--chains": chains,
              "--steps-scale": steps_scale, "--seed": seed, "--shard": shard, "--group-by": group_by,
              "--networks-per-group": networks_per_group, "--plan": plan or None}
@@ -236,7 +236,7 @@ def llc_benchmark_command(
                 raise ValueError(f"{flag}={value}: does not apply with --merge (merging runs nothing)")
         for folder in merge:
             if not (folder / "benchmark.nc").is_file():
-                raise ValueError(f"merge={str(folder)!r}: holds no benchmark.nc")
+                raise ValueError(f"--merge={str(folder)!r}: holds no benchmark.nc")
         ds = merge_benchmarks([read_dataset(folder / "benchmark.nc", what="benchmark") for folder in merge])
         atomic_write_dataset(ds, out / "benchmark.nc")
     else:
@@ -246,7 +246,7 @@ def llc_benchmark_command(
         seed = 0 if seed is None else seed
         shard = "0/1" if shard is None else shard
         if protocol not in PROTOCOLS:
-            raise ValueError(f"protocol={protocol!r}: must be one of {', '.join(PROTOCOLS)}")
+            raise ValueError(f"--protocol={protocol!r}: must be one of {', '.join(PROTOCOLS)}")
         names = tuple(name.strip() for name in classes.split(","))
         if any(not name for name in names):
             raise ValueError(f"--classes={classes!r}: must be comma-separated class names with none empty")

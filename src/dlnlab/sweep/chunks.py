@@ -226,7 +226,7 @@ def _prepare_method(method: str, config, task, weights, times, entry_index: int)
                       for at, st, _ in switches),
                 tuple(config.record.variables or ()),
                 getattr(config, "reduced", None) is None or config.reduced.coupled,
-                _step_band(int(steps[-1])))
+                _step_band(int(steps[-1])), config.product)
     return _Prepared(entry_index, stepper, record.start(weights, task), hp, steps, switches,
                      call_key)
 
@@ -248,7 +248,7 @@ def _simulate_call(method: str, members: list[_Prepared], noise_keys: list):
     per-run hyperparameters, initial weights and keys concatenated along the runs."""
     import jax.numpy as jnp
 
-    from ..engine import Recording, Schedule, simulate
+    from ..engine import Layout, Recording, Schedule, simulate
 
     first = members[0]
     union = np.unique(np.concatenate([m.steps for m in members]))
@@ -261,7 +261,8 @@ def _simulate_call(method: str, members: list[_Prepared], noise_keys: list):
     variables, coupled = first.call_key[4], first.call_key[5]
     recording = Recording(union, observables=list(variables) or None, coupled=coupled)
     ds = simulate(first.stepper, weights, hp, keys, recording,
-                  divergence_threshold=first.call_key[2], schedule=Schedule(switches))
+                  divergence_threshold=first.call_key[2], schedule=Schedule(switches),
+                  layout=Layout(product=first.call_key[7]))
     return ds, union
 
 
@@ -273,7 +274,9 @@ def run_chunk(spec: ChunkSpec, path: str | Path) -> ChunkOutcome:
     observables' own dims; variables: every recorded observable ``(method_name, slot, record,
     ...)``, ``time`` ``(slot, record)`` (t = step x learning rate, NaN past a point's last
     record), ``step``, ``diverged_step`` (-1: not diverged by the point's last step) and
-    ``status`` (``ok`` / ``diverged`` / ``failed``) per run, ``final_loss`` (the loss at the
+    ``status`` (``ok`` / ``diverged`` / ``failed``) and ``layout_product`` (``broadcast`` /
+    ``batched``: how the engine ran the point's matrix products, the config's ``product``
+    resolved; ``""`` for a failed run) per run, ``final_loss`` (the loss at the
     point's last record), ``censor_time`` (the last record time, or the divergence time) and, when
     the amplitudes are recorded, ``t_half`` / ``t_90`` ``(method_name, slot, mode)``: first time
     ``a >= 0.5 s`` / ``0.9 s`` (:func:`dlnlab.analysis.events.crossing_times`, NaN: not
@@ -399,6 +402,7 @@ def _assemble(spec, methods, records, slots, offsets, configs, times, results, f
     step = np.full((nm, slots, records), -1, dtype=np.int64)
     diverged = np.full((nm, slots), -1, dtype=np.int64)
     status = np.full((nm, slots), "failed", dtype=object)
+    product = np.full((nm, slots), "", dtype=object)
     point = np.zeros(slots, dtype=np.int64)
     run = np.zeros(slots, dtype=np.int64)
     censor = np.full((nm, slots), np.nan)
@@ -425,10 +429,12 @@ def _assemble(spec, methods, records, slots, offsets, configs, times, results, f
         div = np.where((div >= 0) & (div <= own[-1]), div, -1)    # past its horizon: not counted
         diverged[mi, s0:s1] = div
         status[mi, s0:s1] = np.where(div >= 0, "diverged", "ok")
+        product[mi, s0:s1] = str(ds.attrs.get("layout_product", ""))
         h = times[i][-1] / own[-1] if own[-1] > 0 else 0.0
         censor[mi, s0:s1] = np.where(div >= 0, div * h, times[i][-1])
     for i in failed:
         status[:, offsets[i]:offsets[i + 1]] = "failed"
+        product[:, offsets[i]:offsets[i + 1]] = ""
         for name in arrays:
             arrays[name][:, offsets[i]:offsets[i + 1]] = np.nan
     dims = {name: ("method_name", "slot", "record", *OBSERVABLE_DIMS[name]) for name in arrays}
@@ -436,6 +442,7 @@ def _assemble(spec, methods, records, slots, offsets, configs, times, results, f
     data.update(time=(("slot", "record"), time_values), step=(("method_name", "slot", "record"), step),
                 diverged_step=(("method_name", "slot"), diverged),
                 status=(("method_name", "slot"), status.astype(str)),
+                layout_product=(("method_name", "slot"), product.astype(str)),
                 censor_time=(("method_name", "slot"), censor))
     if "loss" in arrays:
         last = np.array([max(times[i].size, 1) - 1 for i in range(len(entries))

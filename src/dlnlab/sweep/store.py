@@ -163,7 +163,7 @@ def _variables(manifest: dict) -> dict[str, dict]:
         entry["rest"] = [d for d in entry["dims"] if d not in ("slot", "method_name")]
         entry["rest_sizes"] = [sizes[d] for d in entry["rest"]]
         entry["per_run"] = "method_name" in entry["dims"]
-        entry["numpy_dtype"] = "<U8" if entry["dtype"] == "str" else entry["dtype"]
+        entry["numpy_dtype"] = "<U16" if entry["dtype"] == "str" else entry["dtype"]
     return layout
 
 

@@ -185,6 +185,9 @@ class GoldenPathConfig(_Model):
     training: TrainingConfig = Field(default_factory=TrainingConfig,
                                      description="learning rate, the small batch size, horizon")
     record: RecordTimes = Field(default_factory=RecordTimes, description="record times")
+    product: Literal["auto", "broadcast", "batched"] = Field(
+        "auto", description="every arm's engine product (the experiment config's product: "
+                            "docs/config.md)")
     metrics: Metrics = Field(default_factory=Metrics, description="metric constants")
     claims: DecisionRules = Field(default_factory=DecisionRules, description="decision rules")
 
@@ -267,7 +270,8 @@ def arm_configs(config: GoldenPathConfig) -> dict[str, ExperimentConfig]:
     for), then ``config.arms`` (S runs each). All share
     the seed (teacher, data set, the one initialisation) and the record times; a bad combination
     is one ``ValueError`` line naming the arm."""
-    base = {"seed": config.seed, "dtype": config.dtype, "task": config.task.model_dump(),
+    base = {"seed": config.seed, "dtype": config.dtype, "product": config.product,
+            "task": config.task.model_dump(),
             "init": config.init.model_dump(), "training": config.training.model_dump(),
             "record": {"points": config.record.points, "spacing": config.record.spacing,
                        "variables": RECORDED}}
