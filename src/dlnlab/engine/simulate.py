@@ -354,8 +354,7 @@ def _layout(num_runs: int, run_group: int | None, parallel: bool,
     devices in number) spread over the host devices; with fewer than 128 runs per device, one
     group per device (a 64-run simulation on 2 cores: two groups of 32, 1.4-2.2x faster than
     one group on one core), of at least :data:`BROADCAST_SPREAD_GROUP` runs for broadcast
-    products; elsewhere (GPU) all
-    runs at once on one device.
+    products; elsewhere (GPU) all runs at once on one device.
     With batched products (``batched``) a group holds at least :data:`BATCHED_MIN_GROUP` runs.
     Runs are padded with copies of the last run."""
     cpu = jax.default_backend() == "cpu"
