@@ -171,7 +171,7 @@ def test_datasets_record_the_product():
 
 def test_fewer_runs_than_a_group_per_device_are_spread_over_the_host_devices():
     """On CPU with 2 host devices (tests/conftest.py): 64 runs run as two groups of 32, one per
-    core (1.4-2.2x faster than one group on one core, docs/performance.md); 1,024 runs as groups
+    core (1.1-2.2x faster than one group on one core, docs/performance.md); 1,024 runs as groups
     of 128 (32 with batched products, balanced); broadcast groups keep at least 32 runs, batched
     ones at least 2 (a lone run padded)."""
     import importlib

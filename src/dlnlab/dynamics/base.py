@@ -201,7 +201,7 @@ class Stepper:
         batched products (:func:`dlnlab.engine.resolve_product`); ``None``: never.
 
         Set from measurements on a 2-core CPU, float32, 64-1,024 runs (docs/performance.md,
-        "Which product"): batched is 1.4-17x faster from width 32 on (16 for the anisotropic
+        "Which product"): batched is 1.2-17.6x faster from width 32 on (16 for the anisotropic
         SDE, whose step is matrix-matrix work) and 2-5x slower at width 12. Steppers whose
         layouts were not measured (offline minibatches, the reduced SDE, gradient flow) keep
         ``None``."""

@@ -352,7 +352,7 @@ def _layout(num_runs: int, run_group: int | None, parallel: bool,
     """``(run_group, num_devices, padded_runs)``. On CPU: groups of 128 runs (cache blocking;
     for batched products equal groups of at most :data:`BATCHED_GROUP`, a multiple of the
     devices in number) spread over the host devices; with fewer than 128 runs per device, one
-    group per device (a 64-run simulation on 2 cores: two groups of 32, 1.4-2.2x faster than
+    group per device (a 64-run simulation on 2 cores: two groups of 32, 1.1-2.2x faster than
     one group on one core), of at least :data:`BROADCAST_SPREAD_GROUP` runs for broadcast
     products; elsewhere (GPU) all runs at once on one device.
     With batched products (``batched``) a group holds at least :data:`BATCHED_MIN_GROUP` runs.
