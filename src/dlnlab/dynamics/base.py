@@ -202,10 +202,10 @@ class Stepper:
 
         Set from measurements on a 2-core CPU, float32, 64-1,024 runs (docs/performance.md,
         "Which product"): batched is 1.2-17.6x faster from width 32 on (16 for the anisotropic
-        SDE, whose step is matrix-matrix work) and 2-5x slower at width 12. Steppers whose
-        layouts were not measured (offline minibatches, the reduced SDE, gradient flow) keep
-        ``None``."""
-        return self.batched_from_width
+        SDE, whose step is matrix-matrix work) and 2-5x slower at width 12, all on online tasks.
+        Offline tasks and steppers whose layouts were not measured (the reduced SDE, gradient
+        flow: ``batched_from_width = None``) give ``None``."""
+        return self.batched_from_width if self.task.online else None
 
     def init(self, weights):
         """Initial state from weights ``(d_l, d_{l-1}, *R)``."""

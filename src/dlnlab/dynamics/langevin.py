@@ -48,11 +48,6 @@ class AnisotropicLangevin(Stepper):
     def __post_init__(self):
         v.positive_int("path_substeps", self.path_substeps)
 
-    def batched_product_width(self):
-        """16 online (the step is matrix-matrix work); offline (noise over the data set) not
-        measured: ``None``."""
-        return self.batched_from_width if self.task.online else None
-
     def noise_shapes(self):
         task = self.task
         if not task.online:

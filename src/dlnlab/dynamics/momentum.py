@@ -56,10 +56,6 @@ class MomentumSGD(Stepper):
         if not self.task.online:
             sgd.check_offline(self.task, self.batch_size, self.replacement)
 
-    def batched_product_width(self):
-        """32 online; offline minibatches not measured: ``None``."""
-        return self.batched_from_width if self.task.online else None
-
     def init(self, weights):
         weights = tuple(jnp.asarray(w) for w in weights)
         permutation = (None if self.task.online or self.replacement

@@ -61,9 +61,9 @@ class Layout:
     - ``block_steps``: steps per pre-drawn noise block (1 is compiled as 2: a one-trip loop is
       inlined by XLA and rounds differently; see ``engine.simulate._block``).
     - ``run_group``: runs advanced together (cache blocking); ``None``: on CPU groups of 128
-      runs (32 for batched products), or one group per host device when there are fewer runs
-      per device (at least 32 runs for broadcast products, 2 for batched); all runs elsewhere. Runs are padded
-      to a multiple of the groups with copies of the last run.
+      runs (equal groups of at most 32 for batched products), or one group per host device when
+      there are fewer runs per device (at least 32 runs for broadcast products, 2 for batched);
+      all runs elsewhere. Runs are padded to a multiple of the groups with copies of the last run.
     - ``parallel``: on CPU, split the run groups over the host devices.
     - ``chunk_steps``: most steps per dispatch (progress and checkpoint granularity).
     - ``product``: how a step's matrix products run over the runs.
@@ -71,8 +71,8 @@ class Layout:
       - ``"broadcast"``: runs on the trailing axis, broadcast-multiply-and-sum (vector lanes
         across runs; cache-sized run groups). Fastest for narrow networks (width 12: 2-5x).
       - ``"batched"``: runs on the leading axis inside each block of steps, the single-run step
-        mapped over them (``jax.vmap``: batched ``dot``). Fastest from width 16-32 on with many runs (1.2-27x,
-        docs/performance.md). A run group then holds at least 2 runs (a lone run is padded with
+        mapped over them (``jax.vmap``: batched ``dot``). Fastest from width 16-32 on with many
+        runs (1.2-27x, docs/performance.md). A run group then holds at least 2 runs (a lone run is padded with
         a copy): XLA computes a batch of one as a plain product, which rounds differently, while
         batches of 2 or more give a run the same bits whatever their size (tested).
       - ``"auto"`` (default): ``"batched"`` when the network's largest width is at least the
