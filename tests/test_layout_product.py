@@ -172,7 +172,7 @@ def test_datasets_record_the_product():
 def test_fewer_runs_than_a_group_per_device_are_spread_over_the_host_devices():
     """On CPU with 2 host devices (tests/conftest.py): 64 runs run as two groups of 32, one per
     core (1.1-2.2x faster than one group on one core, docs/performance.md); 1,024 runs as groups
-    of 128 (32 with batched products, balanced); broadcast groups keep at least 32 runs, batched
+    of 64 (32 with batched products), balanced; broadcast groups keep at least 32 runs, batched
     ones at least 2 (a lone run padded)."""
     import importlib
 
@@ -181,7 +181,9 @@ def test_fewer_runs_than_a_group_per_device_are_spread_over_the_host_devices():
         pytest.skip("written for 2 host devices on a CPU (this machine)")
     assert layout(64, None, True, batched=False) == (32, 2, 64)
     assert layout(64, None, True, batched=True) == (32, 2, 64)
-    assert layout(1024, None, True, batched=False) == (128, 2, 1024)
+    assert layout(1024, None, True, batched=False) == (64, 2, 1024)     # BROADCAST_GROUP
+    assert layout(300, None, True, batched=False) == (50, 2, 300)        # 6 equal groups, no padding
+    assert layout(130, None, True, batched=False) == (33, 2, 132)        # 4 groups, 2 copies
     assert layout(31, None, True, batched=False) == (31, 1, 31)          # one group of >= 32
     assert layout(5, None, True, batched=True) == (3, 2, 6)
     assert layout(1024, None, True, batched=True) == (32, 2, 1024)       # BATCHED_GROUP

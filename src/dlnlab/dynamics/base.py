@@ -288,9 +288,17 @@ class Stepper:
 
     def gradient_and_loss(self, weights):
         """Full training gradient (population online, empirical offline) and loss."""
+        grads, loss, _ = self.sequenced_gradient_and_loss(weights)
+        return grads, loss
+
+    def sequenced_gradient_and_loss(self, weights):
+        """:meth:`gradient_and_loss` and the weights sequenced after their last read (the same
+        values, ``_ops.after``): a step ``W_l - U_l`` computed from these lets XLA update the
+        weights in place instead of copying them first."""
         rights, end = ops.prefix_products(weights)
         g, _, loss = ops.error_and_loss(self.task, self._moments(), end)
-        return ops.layer_maps(weights, rights, g), loss
+        grads, sequenced = ops.layer_maps_sequenced(weights, rights, g)
+        return grads, loss, sequenced
 
     def _moments(self):
         return None if self.task.online else ops.data_moments(self.task)

@@ -17,9 +17,9 @@ class GradientDescent(Stepper):
 
     def apply(self, words, noise, state, hparams):
         dtype = dtype_of(state)
-        grads, loss = self.gradient_and_loss(state.weights)
+        grads, loss, weights = self.sequenced_gradient_and_loss(state.weights)
         lr = cast(hparams.learning_rate, dtype)
-        weights = tuple(w - lr * g for w, g in zip(state.weights, grads, strict=True))
+        weights = tuple(w - lr * g for w, g in zip(weights, grads, strict=True))
         return State(weights, state.step + 1), Info(loss)
 
 

@@ -76,14 +76,14 @@ class MomentumSGD(Stepper):
         else:
             x, y, permutation = sgd.offline_batch(self.task, self.batch_size, self.replacement,
                                                   words, noise, state.step, permutation, dtype)
-        updates, loss = ops.minibatch_updates(state.weights, x, y,
-                                              cast(hparams.learning_rate, dtype))
+        updates, loss, weights = ops.minibatch_updates(state.weights, x, y,
+                                                       cast(hparams.learning_rate, dtype))
         mu = cast(hparams.momentum, dtype)
         # theta + (mu v - U) written as (theta - U) + mu v: the SGD step plus an exact zero when
         # mu = 0, so momentum 0 rounds exactly as SGD (also where XLA fuses theta - U into FMAs).
         decay = tuple(mu * vel for vel in state.velocity)
         velocity = tuple(m - u for m, u in zip(decay, updates, strict=True))
-        weights = tuple((w - u) + m for w, u, m in zip(state.weights, updates, decay, strict=True))
+        weights = tuple((w - u) + m for w, u, m in zip(weights, updates, decay, strict=True))
         if self.task.online or self.replacement:
             permutation = None
         return MomentumState(weights, state.step + 1, velocity, permutation), Info(loss)

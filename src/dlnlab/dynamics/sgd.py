@@ -111,9 +111,9 @@ class OnlineSGD(Stepper):
 
     def apply(self, words, z, state, hparams):
         x, y = online_batch(self.task, self.batch_size, z)
-        updates, loss = ops.minibatch_updates(state.weights, x, y,
-                                              cast(hparams.learning_rate, dtype_of(state)))
-        return State(ops.subtract(state.weights, updates), state.step + 1), Info(loss)
+        updates, loss, weights = ops.minibatch_updates(state.weights, x, y,
+                                                       cast(hparams.learning_rate, dtype_of(state)))
+        return State(ops.subtract(weights, updates), state.step + 1), Info(loss)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,9 +144,9 @@ class OfflineSGD(Stepper):
         permutation = None if self.replacement else state.permutation
         x, y, permutation = offline_batch(self.task, self.batch_size, self.replacement, words, u,
                                           state.step, permutation, dtype)
-        updates, loss = ops.minibatch_updates(state.weights, x, y,
-                                              cast(hparams.learning_rate, dtype))
-        weights = ops.subtract(state.weights, updates)
+        updates, loss, weights = ops.minibatch_updates(state.weights, x, y,
+                                                       cast(hparams.learning_rate, dtype))
+        weights = ops.subtract(weights, updates)
         if self.replacement:
             return State(weights, state.step + 1), Info(loss)
         return EpochState(weights, state.step + 1, permutation), Info(loss)

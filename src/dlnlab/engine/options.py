@@ -60,9 +60,9 @@ class Layout:
 
     - ``block_steps``: steps per pre-drawn noise block (1 is compiled as 2: a one-trip loop is
       inlined by XLA and rounds differently; see ``engine.simulate._block``).
-    - ``run_group``: runs advanced together (cache blocking); ``None``: on CPU groups of 128
-      runs (equal groups of at most 32 for batched products), or one group per host device when
-      there are fewer runs per device (at least 32 runs for broadcast products, 2 for batched);
+    - ``run_group``: runs advanced together (cache blocking); ``None``: on CPU equal groups of
+      at most 64 runs (32 for batched products), or one group per host device when there are
+      fewer runs per device (at least 32 runs for broadcast products, 2 for batched);
       all runs elsewhere. Runs are padded to a multiple of the groups with copies of the last run.
     - ``parallel``: on CPU, split the run groups over the host devices.
     - ``chunk_steps``: most steps per dispatch (progress and checkpoint granularity).

@@ -211,7 +211,7 @@ def _advance(stepper, state, diverged, words, hparams, num_steps, block_steps, r
              threshold, product="broadcast"):
     """Advance every run by ``num_steps``, ``run_group`` runs at a time.
 
-    Cache blocking: a group's weights (128 runs x 576 parameters x 4 bytes = 0.3 MB at
+    Cache blocking: a group's weights (64 runs x 576 parameters x 4 bytes = 0.15 MB at
     L = 4, d = 12) stay in the core's cache for a whole block of steps; all 1024 runs at once
     stream 2.4 MB per step through memory. Measured 3x faster (``dlnlab bench``).
     """
@@ -333,7 +333,10 @@ def resolve_product(stepper: Stepper, weights, product: str = "auto") -> str:
 
 
 #: Fewest runs a batched run group holds: XLA computes a batch of one as a plain product, which
-#: rounds differently (batches of 2 to 200 runs were bit-identical). Broadcast groups need no
+#: rounds differently (batches of 2 to 200 runs were bit-identical on an AVX-512 CPU; on an AVX2
+#: CPU for GD, the SDEs and online SGD with B = 1, whose matrix-vector products are written as
+#: multiply-and-sum since XLA's batched matrix-vector ``dot`` rounded a run by its place in the
+#: batch there; online SGD with B > 1 there: a known gap, docs/architecture.md). Broadcast groups need no
 #: minimum that would help: padding them to 32 runs made 1-31 runs bit-identical to 32+ runs in
 #: float32 but cost 7-26x for a few runs (docs/architecture.md, "Results never depend on the
 #: batching", the known gap).
@@ -345,16 +348,21 @@ BROADCAST_SPREAD_GROUP = 32
 #: (32-run groups were 1.07-1.3x faster than 128-run groups at d = 32-256, 256-1024 runs, load
 #: 1.5-2), and their bits do not depend on the group size.
 BATCHED_GROUP = 32
+#: Default broadcast run group on CPU, the most runs of a group (groups are balanced, a multiple
+#: of the devices in number): a group's state and intermediates stay in the core's L2 cache. At
+#: d = 12, L = 4, 1024 runs, 64-run groups were 1.08x (online SGD), 1.18x (anisotropic SDE),
+#: 1.06x (GD) and 1.01x (reduced SDE) the speed of 128-run groups, 32 and 256 slower (load 1.4).
+BROADCAST_GROUP = 64
 
 
 def _layout(num_runs: int, run_group: int | None, parallel: bool,
             batched: bool = False) -> tuple[int, int, int]:
-    """``(run_group, num_devices, padded_runs)``. On CPU: groups of 128 runs (cache blocking;
-    for batched products equal groups of at most :data:`BATCHED_GROUP`, a multiple of the
-    devices in number) spread over the host devices; with fewer than 128 runs per device, one
-    group per device (a 64-run simulation on 2 cores: two groups of 32, 1.1-2.2x faster than
-    one group on one core), of at least :data:`BROADCAST_SPREAD_GROUP` runs for broadcast
-    products; elsewhere (GPU) all runs at once on one device.
+    """``(run_group, num_devices, padded_runs)``. On CPU: equal groups (cache blocking) of at
+    most :data:`BROADCAST_GROUP` runs for broadcast products, :data:`BATCHED_GROUP` for batched
+    ones, a multiple of the devices in number, spread over the host devices; with fewer than
+    :data:`BROADCAST_GROUP` broadcast runs per device, one group per device (a 64-run simulation
+    on 2 cores: two groups of 32, 1.1-2.2x faster than one group on one core) of at least
+    :data:`BROADCAST_SPREAD_GROUP` runs; elsewhere (GPU) all runs at once on one device.
     With batched products (``batched``) a group holds at least :data:`BATCHED_MIN_GROUP` runs.
     Runs are padded with copies of the last run."""
     cpu = jax.default_backend() == "cpu"
@@ -363,12 +371,12 @@ def _layout(num_runs: int, run_group: int | None, parallel: bool,
     if run_group is None:
         if not cpu:
             run_group = num_runs
-        elif batched:              # balanced groups of at most BATCHED_GROUP runs on every device
-            groups = available * math.ceil(num_runs / (BATCHED_GROUP * available))
+        elif batched or num_runs >= BROADCAST_GROUP * available:
+            # balanced groups of at most BATCHED_GROUP / BROADCAST_GROUP runs on every device
+            most = BATCHED_GROUP if batched else BROADCAST_GROUP
+            groups = available * math.ceil(num_runs / (most * available))
             run_group = max(minimum_group, math.ceil(num_runs / groups))
-        elif num_runs >= 128 * available:
-            run_group = 128
-        else:                      # fewer runs than 128 per device: one group per device
+        else:                      # fewer broadcast runs than a group per device: one per device
             run_group = max(BROADCAST_SPREAD_GROUP, math.ceil(num_runs / available))
     run_group = max(v.positive_int("layout.run_group", run_group), minimum_group)
     if num_runs <= run_group:
