@@ -66,6 +66,22 @@ def mm_tn(a: Array, b: Array) -> Array:
     return jnp.sum(a[:, :, None] * b[:, None, :], axis=0)
 
 
+#: Fewest minibatch columns for which a step's plain-matrix products (one run, or runs mapped over
+#: in the batched layout) are XLA ``dot``s; below, multiply-and-sum (:func:`mm_sum`; with runs on
+#: the trailing axes :func:`mm` is unchanged). On an AVX2
+#: CPU XLA's batched ``dot`` with 2-8 columns rounded a run by its place in the batch (16 and 32
+#: columns did not; online SGD, d = 32).
+DOT_MIN_COLUMNS = 16
+
+
+def mm_sum(a: Array, b: Array) -> Array:
+    """``a @ b`` over the first two axes as a multiply-and-sum for any trailing run axes, plain
+    matrices included (:data:`DOT_MIN_COLUMNS`)."""
+    nd = max(a.ndim, b.ndim)
+    a, b = lift(a, nd), lift(b, nd)
+    return jnp.sum(a[:, :, None] * b[None, :, :], axis=1)
+
+
 def mv(a: Array, x: Array) -> Array:
     """``a @ x`` for a matrix ``(m, k, *R)`` and a vector ``(k, *R)``: a multiply-and-sum also
     for plain matrices (``R = ()``), where ``jax.vmap`` maps it in the batched product layout:
@@ -294,9 +310,10 @@ def minibatch_updates(weights, x, y, lr):
         x, y = x[:, 0], y[:, 0]
         prod, prod_t, update = mv, mtv, outer
     else:
-        prod = mm
-        prod_t = lambda w, v: mm(mT(w), v)                    # noqa: E731
-        update = lambda b, a: mm(b, mT(a))                    # noqa: E731
+        product = mm_sum if x.ndim == 2 and batch < DOT_MIN_COLUMNS else mm
+        prod = product
+        prod_t = lambda w, v: product(mT(w), v)               # noqa: E731
+        update = lambda b, a: product(b, mT(a))               # noqa: E731
     acts = [x]
     for w in weights[:-1]:
         acts.append(prod(w, acts[-1]))

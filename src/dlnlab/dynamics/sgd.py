@@ -41,8 +41,12 @@ def online_batch(task, batch_size: int, z):
     """Inputs ``x (d_in, B, *R)`` and targets ``y (d_out, B, *R)`` from one step's normals."""
     b = batch_size
     n_x, n_e = online_counts(task, b)
-    # Unbatched (d, d) maps applied to (d, B, *R) samples; B = 1 as matrix-vector products.
-    prod = ops.mm if b > 1 else (lambda m, u: ops.mv(m, u[:, 0])[:, None])
+    # Unbatched (d, d) maps applied to (d, B, *R) samples; B = 1 as matrix-vector products, and
+    # fewer than DOT_MIN_COLUMNS columns as multiply-and-sum (_ops.minibatch_updates).
+    if b == 1:
+        prod = lambda m, u: ops.mv(m, u[:, 0])[:, None]       # noqa: E731
+    else:
+        prod = ops.mm_sum if z.ndim == 1 and b < ops.DOT_MIN_COLUMNS else ops.mm
     x = z[:n_x].reshape((task.d_in, b) + z.shape[1:])
     if not task.whitened:
         x = prod(task.input_sqrt, x)

@@ -334,9 +334,9 @@ def resolve_product(stepper: Stepper, weights, product: str = "auto") -> str:
 
 #: Fewest runs a batched run group holds: XLA computes a batch of one as a plain product, which
 #: rounds differently (batches of 2 to 200 runs were bit-identical on an AVX-512 CPU; on an AVX2
-#: CPU for GD, the SDEs and online SGD with B = 1, whose matrix-vector products are written as
-#: multiply-and-sum since XLA's batched matrix-vector ``dot`` rounded a run by its place in the
-#: batch there; online SGD with B > 1 there: a known gap, docs/architecture.md). Broadcast groups need no
+#: CPU too, once online SGD's matrix-vector products and products with fewer than 16 columns were
+#: written as multiply-and-sum: XLA's batched ``dot`` rounded a run by its place in the batch
+#: there, ``_ops.DOT_MIN_COLUMNS``). Broadcast groups need no
 #: minimum that would help: padding them to 32 runs made 1-31 runs bit-identical to 32+ runs in
 #: float32 but cost 7-26x for a few runs (docs/architecture.md, "Results never depend on the
 #: batching", the known gap).
