@@ -16,6 +16,7 @@ from dlnlab import roofline as rf
 from dlnlab.cli import main
 from dlnlab.core import Task, init_gaussian
 from dlnlab.dynamics import AnisotropicLangevin, Hyperparameters, OnlineSGD, StepSizeHyperparameters
+from dlnlab.dynamics import _ops as ops
 from dlnlab.dynamics.base import State
 from dlnlab.io.atomic import read_dataset
 from dlnlab.plot.roofline import roofline_figure
@@ -38,13 +39,25 @@ def _xla_flops(stepper, hparams, width, depth, normals):
     return float(cost["flops"])
 
 
+@pytest.fixture
+def dot_products(monkeypatch):
+    """A single run's matrix-vector and few-column products as XLA ``dot``s, which XLA's cost
+    analysis counts as ``2 m k n`` (the step writes them as multiply-and-sum, ``_ops.mv`` and
+    ``_ops.DOT_MIN_COLUMNS``, for bits; XLA counts a reduction's adds differently)."""
+    mv, mtv = ops.mv, ops.mtv
+    monkeypatch.setattr(ops, "mv", lambda a, x: a @ x if a.ndim == 2 else mv(a, x))
+    monkeypatch.setattr(ops, "mtv", lambda a, x: a.T @ x if a.ndim == 2 else mtv(a, x))
+    monkeypatch.setattr(ops, "DOT_MIN_COLUMNS", 1)
+
+
 @pytest.mark.parametrize("width, depth, batch", [(12, 4, 1), (32, 3, 1), (12, 4, 8), (32, 2, 5)])
-def test_flop_counts_match_xla_cost_analysis(width, depth, batch):
+def test_flop_counts_match_xla_cost_analysis(width, depth, batch, dot_products):
     task = Task.from_spectrum(jax.random.key(1), width, width, [1.0, 0.5], dtype=jnp.float32)
     sgd = _xla_flops(OnlineSGD(task, batch_size=batch), Hyperparameters(0.01, float(batch)),
                      width, depth, width * batch)
     sde = _xla_flops(AnisotropicLangevin(task), StepSizeHyperparameters(0.01, float(batch), 0.001),
                      width, depth, width * width)
+    sde += 2 * width * width     # (Z + Z^T) / sqrt 2: in AnisotropicLangevin.draw, not apply
     # The analytic counts cover every matrix product exactly; the difference allowed is the
     # order of the vector operations on the error (O(d B) elementwise work: XLA counts a few
     # more, e.g. the loss's halving), far below one product's 2 d^2 B.

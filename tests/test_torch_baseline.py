@@ -101,8 +101,11 @@ def test_sde_bmm_matches_dlnlab():
     tasks = {dt: Task.from_spectrum(jax.random.key(1), WIDTH, WIDTH, [1.0, 0.5], dtype=dt)
              for dt in (jnp.float32, jnp.float64)}
     hp = StepSizeHyperparameters(lr, batch, h)
-    reference = _dlnlab_steps(AnisotropicLangevin(tasks[jnp.float64]), hp, weights, normals, jnp.float64)
-    ours = _dlnlab_steps(AnisotropicLangevin(tasks[jnp.float32]), hp, weights, normals, jnp.float32)
+    # dlnlab's apply takes the noise as AnisotropicLangevin.draw gives it: (Z + Z^T) / sqrt 2
+    square = [z.reshape(WIDTH, WIDTH, RUNS) for z in normals]
+    drawn = [((z + z.transpose(1, 0, 2)) * np.sqrt(0.5)).reshape(WIDTH * WIDTH, RUNS) for z in square]
+    reference = _dlnlab_steps(AnisotropicLangevin(tasks[jnp.float64]), hp, weights, drawn, jnp.float64)
+    ours = _dlnlab_steps(AnisotropicLangevin(tasks[jnp.float32]), hp, weights, drawn, jnp.float32)
     teacher = torch.tensor(np.asarray(tasks[jnp.float32].teacher))
 
     def run(step):

@@ -64,7 +64,7 @@ def median_rate(fn, work: float, min_seconds: float, repeats: int = 3) -> float:
 
 def _engine_rate(stepper, weights, hp, runs: int, steps: int, min_seconds: float):
     """Compile time and run-steps/s of the engine's compiled advance (no recording), with the
-    layout ``simulate`` uses (run groups of at most 64 spread over the host devices)."""
+    layout ``simulate`` uses (balanced run groups spread over the host devices)."""
     from .engine import advance_from
 
     batched = tuple(jnp.broadcast_to(w[None], (runs,) + w.shape) + 0 for w in weights)

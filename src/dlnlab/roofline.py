@@ -72,7 +72,8 @@ def sde_flop(width: int, depth: int) -> int:
     - prefix products ``B_l = W_{l-1} ... W_1`` and ``W = W_L B_L`` (``_ops.prefix_products``):
       ``L - 1`` products, ``2 (L - 1) d^3``;
     - ``D = W - M``, the loss ``sum(D * D) / 2``: ``3 d^2``;
-    - ``(Z + Z^T) / sqrt 2``: ``2 d^2``;  ``R = D (Z + Z^T) / sqrt 2``: ``2 d^3``;
+    - ``(Z + Z^T) / sqrt 2``: ``2 d^2`` (in ``AnisotropicLangevin.draw``, a block of steps at
+      once);  ``R = D (Z + Z^T) / sqrt 2``: ``2 d^3``;
     - ``Q = h D + sqrt(h eta / B) R``: ``3 d^2``;
     - ``A_l^T Q B_l^T`` for every layer (``_ops.layer_maps``): ``L - 1`` products with ``B_l^T``
       and ``L - 1`` with ``W_l^T``, ``4 (L - 1) d^3``;  ``L`` subtractions: ``L d^2``.

@@ -46,7 +46,8 @@ def mm(a: Array, b: Array) -> Array:
 
 
 def mm_nt(a: Array, b: Array) -> Array:
-    """``a @ b^T`` over the first two axes, runs trailing: :func:`mm` with ``mT(b)``, the same
+    """``a @ b^T``: ``(m, k, *R), (n, k, *R) -> (m, n, *R)`` (runs trailing or absent), equal to
+    :func:`mm` with ``mT(b)``: the same
     products summed in the same order, without moving ``b``'s elements (a transpose of runs-minor
     arrays is a pass over memory of its own)."""
     nd = max(a.ndim, b.ndim)
@@ -57,8 +58,8 @@ def mm_nt(a: Array, b: Array) -> Array:
 
 
 def mm_tn(a: Array, b: Array) -> Array:
-    """``a^T @ b`` over the first two axes, runs trailing: :func:`mm` with ``mT(a)``, without the
-    transpose (see :func:`mm_nt`)."""
+    """``a^T @ b``: ``(k, m, *R), (k, n, *R) -> (m, n, *R)``, equal to :func:`mm` with ``mT(a)``,
+    without the transpose (see :func:`mm_nt`)."""
     nd = max(a.ndim, b.ndim)
     if nd == 2 or max(a.shape[0], a.shape[1], b.shape[1]) > BROADCAST_MAX_WIDTH:
         return mm(mT(a), b)
@@ -75,8 +76,9 @@ DOT_MIN_COLUMNS = 16
 
 
 def mm_sum(a: Array, b: Array) -> Array:
-    """``a @ b`` over the first two axes as a multiply-and-sum for any trailing run axes, plain
-    matrices included (:data:`DOT_MIN_COLUMNS`)."""
+    """``(a @ b)_ij = sum_k a_ik b_kj``: ``(m, k, *R), (k, n, *R) -> (m, n, *R)`` as a
+    multiply-and-sum for any trailing run axes, plain matrices (``R = ()``) included
+    (:data:`DOT_MIN_COLUMNS`)."""
     nd = max(a.ndim, b.ndim)
     a, b = lift(a, nd), lift(b, nd)
     return jnp.sum(a[:, :, None] * b[None, :, :], axis=1)
@@ -229,8 +231,10 @@ def layer_maps(weights, rights, q):
 
 
 def layer_maps_sequenced(weights, rights, q):
-    """:func:`layer_maps` and the weights sequenced after their last read (:func:`after`: the
-    same values): a step ``W_l - U_l`` computed from these updates the weights in place."""
+    """``(maps, sequenced)``: :func:`layer_maps` (``A_l^T Q B_l^T``, each ``(d_l, d_{l-1}, *R)``)
+    and the weights sequenced after their last read (:func:`after`: the same values), both
+    tuples over the layers: a step ``W_l - U_l`` computed from these updates the weights in
+    place."""
     out = [None] * len(weights)
     sequenced = list(weights)
     back = q                                            # A_l^T Q, starting at l = L
@@ -244,8 +248,9 @@ def layer_maps_sequenced(weights, rights, q):
 
 
 def descend(weights, rights, q):
-    """``W_l - A_l^T Q B_l^T`` per layer: the step of :func:`layer_maps`, each ``W_l`` written
-    after its last read (:func:`after`: the same values; XLA then updates the weights in place)."""
+    """``W_l - A_l^T Q B_l^T`` per layer (a tuple of ``(d_l, d_{l-1}, *R)``) for ``Q (d_out,
+    d_in, *R)``: the step of :func:`layer_maps`, each ``W_l`` written after its last read
+    (:func:`after`: the same values; XLA then updates the weights in place)."""
     maps, sequenced = layer_maps_sequenced(weights, rights, q)
     return subtract(sequenced, maps)
 
@@ -285,7 +290,9 @@ def after(weight: Array, value: Array) -> Array:
     (a backward product) and writes ``W_l - U_l``, and nothing orders the read before the write,
     XLA copies ``W_l`` first: at d = 12, 1.5x the time of the SGD step (three extra passes over
     the weights). Subtracting the update from ``after(W_l, read)`` orders them, and the copy goes.
-    ``weight (d_l, d_{l-1}, *R)``; ``value (..., *R)`` (the read's result, same runs ``R``).
+    ``weight (d_l, d_{l-1}, *R)``; ``value (..., *R)``: the read's result, whose trailing axes
+    are the same runs ``R``. A plain matrix (``R = ()``: one run, or runs under ``jax.vmap``) is
+    returned as it is.
     """
     if weight.ndim == 2:
         # One run, or runs mapped over (the batched product layout): left alone, since there the

@@ -292,9 +292,11 @@ class Stepper:
         return grads, loss
 
     def sequenced_gradient_and_loss(self, weights):
-        """:meth:`gradient_and_loss` and the weights sequenced after their last read (the same
-        values, ``_ops.after``): a step ``W_l - U_l`` computed from these lets XLA update the
-        weights in place instead of copying them first."""
+        """``(grads, loss, sequenced)``: the gradient ``dL/dW_l = A_l^T G B_l^T`` (a tuple over
+        the layers, each shaped as ``W_l``), the loss per run (shape ``R``) and the weights
+        sequenced after their last read (the same values, ``_ops.after``): a step ``W_l - U_l``
+        computed from these lets XLA update the weights in place instead of copying them first
+        (docs/architecture.md, "In-place updates")."""
         rights, end = ops.prefix_products(weights)
         g, _, loss = ops.error_and_loss(self.task, self._moments(), end)
         grads, sequenced = ops.layer_maps_sequenced(weights, rights, g)

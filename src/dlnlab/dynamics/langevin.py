@@ -58,11 +58,13 @@ class AnisotropicLangevin(Stepper):
         return tuple(shapes)
 
     def draw(self, words, steps, dtype):
-        """Brownian increments of the steps in units of ``sqrt(h)``: standard normals, shape
-        ``(*C, total, *R)``; online, the input-noise matrix ``Z`` (its first ``d_in^2``) comes
-        symmetrised, ``(Z + Z^T) / sqrt(2)`` (:meth:`apply`'s ``G^T``). Symmetrised here, once
-        for the block, and not in the step, where XLA would read the transpose inside the
-        product ``D G^T`` once for every row of ``D`` (3.5x the time of the rest of the step)."""
+        """Brownian increments of the steps in units of ``sqrt(h)``, shape ``(*C, total, *R)``
+        (``total`` = the sizes of :meth:`noise_shapes`): standard normals, except online the
+        input-noise matrix ``Z`` (the first ``d_in^2``), which comes symmetrised,
+        ``(Z + Z^T) / sqrt(2)`` (:meth:`apply`'s ``G^T``: unit variance off the diagonal, 2 on
+        it). Symmetrised here, once for the block, and not in the step, where XLA read the
+        transpose inside the product ``D G^T`` once for every row of ``D``: half of the step's
+        time at d = 12 (docs/performance.md)."""
         total = sum(math.prod(s) for s in self.noise_shapes())
         m = self.path_substeps
         if m == 1:
@@ -97,6 +99,7 @@ class AnisotropicLangevin(Stepper):
         return (n - b) / (b * (n - 1))
 
     def apply(self, words, z, state, hparams):
+        """One step given :meth:`draw`'s noise of the step (online: ``Z`` already symmetrised)."""
         dtype = dtype_of(state)
         task = self.task
         h = cast(self.time_step(hparams), dtype)
