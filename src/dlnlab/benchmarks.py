@@ -200,6 +200,11 @@ def run_benchmarks(quick: bool = False, progress: bool = True, *, runs: int = RU
     return results
 
 
+#: The run group the engine used at d = 12 before issue 15 (128 runs per group on every device;
+#: now balanced groups of at most 64): the "before" cases run the frozen steppers with it.
+BEFORE_RUN_GROUP = 128
+
+
 def _interleaved_rates(calls, work: float, min_seconds: float, repeats: int = 5) -> list[float]:
     """Median rate of each call, the calls timed in turn ``repeats`` times (each repetition at
     least ``min_seconds / repeats``): load that comes and goes hits every call alike, so their
@@ -212,11 +217,12 @@ def _interleaved_rates(calls, work: float, min_seconds: float, repeats: int = 5)
 
 
 def _versus_before_cases(task, weights, lr, h, runs, quick, min_seconds, device, say) -> list[dict]:
-    """Today's steppers against the frozen copy of the steppers before issue 15
-    (:mod:`dlnlab.benchmark_baseline`), same problem, layout and key, timed in turn in this run."""
+    """Today's steppers in today's default layout against the frozen copy of the steppers before
+    issue 15 (:mod:`dlnlab.benchmark_baseline`) in the layout the engine gave them then (run
+    groups of :data:`BEFORE_RUN_GROUP`), same problem and key, timed in turn in this run."""
     from .benchmark_baseline import baseline_steppers
     from .dynamics import AnisotropicLangevin, Hyperparameters, OnlineSGD, StepSizeHyperparameters
-    from .engine import advance_from
+    from .engine import Layout, advance_from
 
     before_sgd, before_sde = baseline_steppers()
     batched = tuple(jnp.broadcast_to(w[None], (runs,) + w.shape) + 0 for w in weights)
@@ -228,8 +234,8 @@ def _versus_before_cases(task, weights, lr, h, runs, quick, min_seconds, device,
              StepSizeHyperparameters(lr, 1.0, h), 256 if quick else 512)):
         say(f"{name}: today's stepper and the stepper before issue 15, in turn")
         calls, compile_s = [], 0.0
-        for stepper in (now, before):
-            advance = advance_from(stepper, batched, hp, jax.random.key(3))
+        for stepper, layout in ((now, None), (before, Layout(run_group=BEFORE_RUN_GROUP))):
+            advance = advance_from(stepper, batched, hp, jax.random.key(3), layout=layout)
             t0 = time.perf_counter()
             jax.block_until_ready(advance(1))
             compile_s = compile_s or time.perf_counter() - t0
@@ -239,7 +245,8 @@ def _versus_before_cases(task, weights, lr, h, runs, quick, min_seconds, device,
         out.append(dict(name=name, config=f"L={DEPTH}, d={WIDTH}, B=1, float32, {runs} runs",
                         run_steps_per_s=rate, baseline_run_steps_per_s=base, ratio=rate / base,
                         device=device, compile_s=compile_s,
-                        baseline="the same stepper before issue 15 (dlnlab.benchmark_baseline)"))
+                        baseline="the same stepper before issue 15 (dlnlab.benchmark_baseline), "
+                                 f"in run groups of {BEFORE_RUN_GROUP} as then"))
     return out
 
 
