@@ -130,7 +130,7 @@ def key_words(key) -> Array:
 
 def _bits_to_normal(bits: Array, dtype) -> Array:
     # As jax.random.normal: a uniform in (-1, 1) from the top 23 bits, then sqrt(2) erfinv.
-    u = jax.lax.bitcast_convert_type((bits >> 9) | np.uint32(0x3F800000), jnp.float32) - 1.0
+    u = _bits_to_uniform(bits, jnp.float32)
     u = jnp.maximum(2.0 * u - 1.0, np.nextafter(np.float32(-1.0), np.float32(0.0)))
     out = np.float32(np.sqrt(2.0)) * jax.lax.erf_inv(u)
     if jnp.dtype(dtype) == jnp.float64:
@@ -211,6 +211,7 @@ def counter_uniforms(words: Array, counter, count: int, stream: int, dtype=jnp.f
 
 
 def _bits_to_uniform(bits: Array, dtype) -> Array:
+    # [0, 1) from the top 23 bits: the mantissa of a float32 in [1, 2), minus one.
     u = jax.lax.bitcast_convert_type((bits >> 9) | np.uint32(0x3F800000), jnp.float32) - 1.0
     return u.astype(dtype)
 
