@@ -84,6 +84,12 @@ def mm_sum(a: Array, b: Array) -> Array:
     return jnp.sum(a[:, :, None] * b[None, :, :], axis=1)
 
 
+def columns_product(batch: int, plain: bool):
+    """The product for ``(m, k) (k, B)`` minibatch matrices: :func:`mm_sum` for plain matrices
+    (one run, or runs mapped over) with ``B <`` :data:`DOT_MIN_COLUMNS`, else :func:`mm`."""
+    return mm_sum if plain and batch < DOT_MIN_COLUMNS else mm
+
+
 def mv(a: Array, x: Array) -> Array:
     """``a @ x`` for a matrix ``(m, k, *R)`` and a vector ``(k, *R)``: a multiply-and-sum also
     for plain matrices (``R = ()``), where ``jax.vmap`` maps it in the batched product layout:
@@ -318,7 +324,7 @@ def minibatch_updates(weights, x, y, lr):
         x, y = x[:, 0], y[:, 0]
         prod, prod_t, update = mv, mtv, outer
     else:
-        product = mm_sum if x.ndim == 2 and batch < DOT_MIN_COLUMNS else mm
+        product = columns_product(batch, plain=x.ndim == 2)
         prod = product
         prod_t = lambda w, v: product(mT(w), v)               # noqa: E731
         update = lambda b, a: product(b, mT(a))               # noqa: E731

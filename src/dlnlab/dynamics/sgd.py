@@ -46,7 +46,7 @@ def online_batch(task, batch_size: int, z):
     if b == 1:
         prod = lambda m, u: ops.mv(m, u[:, 0])[:, None]       # noqa: E731
     else:
-        prod = ops.mm_sum if z.ndim == 1 and b < ops.DOT_MIN_COLUMNS else ops.mm
+        prod = ops.columns_product(b, plain=z.ndim == 1)
     x = z[:n_x].reshape((task.d_in, b) + z.shape[1:])
     if not task.whitened:
         x = prod(task.input_sqrt, x)
