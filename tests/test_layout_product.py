@@ -121,8 +121,8 @@ def test_narrow_hidden_layer_keeps_a_run_independent_of_the_number_of_runs(kind,
     ``dot`` can round a run by its place in its group on an AVX2 CPU. Run i's weights after 70
     steps must be the same bits for 1, 3 and 24 runs and run groups of 4 (float32).
 
-    A guard for other CPUs and XLA versions: on the AVX2 CPU of issue 15 these cases kept their
-    bits even with ``DOT_MIN_COLUMNS = 2`` or ``BATCHED_MIN_GROUP = 1`` (float32 and float64,
+    A guard for other CPUs and XLA versions: on the AMD Zen 4 (AVX-512) CPU of 2026-12-01 these
+    cases kept their bits even with ``DOT_MIN_COLUMNS = 2`` or ``BATCHED_MIN_GROUP = 1`` (float32 and float64,
     300 steps), settings that break the square cases above."""
     dtype = jnp.float32
     task = _task(outer, dtype)
