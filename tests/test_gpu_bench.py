@@ -70,27 +70,12 @@ def _batched(weights, runs):
     return tuple(jnp.broadcast_to(w[None], (runs,) + w.shape) + 0 for w in weights)
 
 
-def _has_avx512() -> bool:
-    try:
-        return "avx512f" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+# Online SGD with B = 32 was not layout-invariant on AVX-512 CPUs (found by this test): XLA fused
+# the batch sum of the last layer's update differently by run-group size (1 ulp). The sum is now
+# an explicit fold (dynamics._ops.batch_outer_sum); tests/test_layout_product.py checks group sizes.
 
 
-# Online SGD with B = 30-32 is not layout-invariant on AVX-512 CPUs (found by this test): the
-# last layer's update, a broadcast product summed over the batch inside the fused step
-# (dynamics._ops.minibatch_updates), rounds 1 ulp differently for some run-group sizes. On the
-# AVX-512 CPU of 2026-11-30 this case (then groups of 128 against one group of 260) failed; on the
-# AMD Zen 4 (AVX-512) CPU of 2026-12-01 it passes with today's groups (44 against 260), while
-# groups of 2, 3, 5, 8, 16, 32, 64 or 128 runs differ from groups of 1, 12, 24, 40, 44, 48 or 260
-# there (d = 4, B = 30-32; B <= 29 and >= 33 agree). On an AVX2-only CPU it passed too. Which
-# group sizes round alike depends on the CPU, so the expected failure is not strict on AVX-512.
-_B32 = pytest.mark.xfail(_has_avx512(), strict=False, raises=AssertionError, reason=(
-    "engine bug on AVX-512: OnlineSGD(batch_size=32) weights can depend on the run group (1 ulp, "
-    "the last layer's update in _ops.minibatch_updates)"))
-
-
-@pytest.mark.parametrize("method,batch_size", [("sgd", 1), pytest.param("sgd", 32, marks=_B32),
+@pytest.mark.parametrize("method,batch_size", [("sgd", 1), ("sgd", 32),
                                                ("sde", 1)])
 def test_gpu_layout_gives_the_bits_of_the_default_cpu_layout(bench, method, batch_size):
     # 260 runs: the default CPU layout splits them into equal groups (44) over the host devices

@@ -151,6 +151,31 @@ def test_narrow_hidden_layer_keeps_a_run_independent_of_the_number_of_runs(kind,
         np.testing.assert_array_equal(final(runs, **layout), reference[:runs], err_msg=f"{runs} {layout}")
 
 
+@pytest.mark.parametrize("batch_size", [30, 31, 32])
+def test_broadcast_minibatch_sum_does_not_depend_on_the_run_group(batch_size):
+    """Online SGD in the broadcast layout (d = 4, L = 4, 70 steps, 12 runs): the same bits in run
+    groups of 1, 2, 3, 5, 8 and 12. With the batch sum of the updates as an XLA reduction, an
+    AMD Zen 4 (AVX-512) CPU gave groups of 2, 3, 5 and 8 other bits than groups of 1 and 12: XLA
+    vectorised the fused sum by the group's size (``_ops.batch_outer_sum`` now adds it in one
+    order; with the reduction back, this test fails there)."""
+    task = _task(4)
+    stepper = dy.OnlineSGD(task, batch_size=batch_size)
+    hp = dy.Hyperparameters(0.05, float(batch_size))
+    weights = _weights(4, 4, 12)
+    recording = en.Recording([0, 70], observables=["parameters"])
+
+    def final(group):
+        ds = en.simulate(stepper, weights, hp, jax.random.key(11), recording,
+                         layout=en.Layout(run_group=group, parallel=False, product="broadcast"))
+        return ds["parameters"].isel(time=-1).values
+
+    reference = final(12)
+    assert np.all(np.isfinite(reference))
+    assert not np.array_equal(reference, reference[::-1])          # the runs differ from each other
+    for group in (1, 2, 3, 5, 8):
+        np.testing.assert_array_equal(final(group), reference, err_msg=f"run_group={group}")
+
+
 def test_a_batch_of_one_would_round_differently(monkeypatch):
     """Why batched groups hold two runs: without the padding a lone run (a batch of one, which XLA
     computes as a plain product) differs from the same run among others, in float32."""

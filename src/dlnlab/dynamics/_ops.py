@@ -90,6 +90,30 @@ def columns_product(batch: int, plain: bool):
     return mm_sum if plain and batch < DOT_MIN_COLUMNS else mm
 
 
+#: Largest minibatch whose sum of per-sample outer products (the SGD update) is written as an explicit
+#: left fold (:func:`batch_outer_sum`) when the runs are on the trailing axes.
+FOLD_MAX_BATCH = 32
+
+
+def batch_outer_sum(b: Array, a: Array) -> Array:
+    """``sum_k b[:, k] a[:, k]^T``: ``(m, B, *R), (n, B, *R) -> (m, n, *R)``, added in the order
+    ``k = 0, 1, ..., B - 1`` as element-wise operations (no XLA reduction).
+
+    Why: inside the compiled step XLA:CPU vectorised this batch sum (a reduction over ``B`` fused
+    with the error that feeds it) differently for different run-group sizes at ``B = 30-32`` on
+    AVX-512 CPUs, so a run's last-layer update rounded 1 ulp differently by its group's size
+    (docs/performance.md, last section). Element-wise, each run's sum is the same operations
+    whatever the group, and it is the reduction's usual order: where the reduction did not change
+    with the group it gives the same bits (checked at B = 3, 8, 16, 32; d = 4, 12, 24). Used for
+    ``B <=`` :data:`FOLD_MAX_BATCH`: at d = 12 0.91-0.92x the reduction's speed (B = 3-32), at
+    d = 4 and 24 0.99-1.03x.
+    """
+    acc = outer(b[:, 0], a[:, 0])
+    for k in range(1, b.shape[1]):
+        acc = acc + outer(b[:, k], a[:, k])
+    return acc
+
+
 def mv(a: Array, x: Array) -> Array:
     """``a @ x`` for a matrix ``(m, k, *R)`` and a vector ``(k, *R)``: a multiply-and-sum also
     for plain matrices (``R = ()``), where ``jax.vmap`` maps it in the batched product layout:
@@ -328,6 +352,8 @@ def minibatch_updates(weights, x, y, lr):
         prod = product
         prod_t = lambda w, v: product(mT(w), v)               # noqa: E731
         update = lambda b, a: product(b, mT(a))               # noqa: E731
+        if x.ndim > 2 and batch <= FOLD_MAX_BATCH:
+            update = batch_outer_sum                            # runs trailing: one order, any group
     acts = [x]
     for w in weights[:-1]:
         acts.append(prod(w, acts[-1]))
