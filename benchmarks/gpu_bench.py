@@ -9,7 +9,7 @@ GPU: no host-device split and one run group holding every run
 (``Layout(run_group=runs, parallel=False)``, what ``engine.simulate._layout`` picks when the
 backend is not the CPU). ``tests/test_gpu_bench.py`` runs this path on the CPU and checks that
 it gives the same bits as the default CPU layout and ``simulate`` (the engine's layout
-invariance; online SGD with ``B = 32`` is a known exception there, 1 ulp, marked in the test).
+invariance, online SGD at B = 1 and 32 and the anisotropic SDE).
 
 Run it on a lent GPU machine (the device tool's ``run``), from the repository root::
 

@@ -105,8 +105,10 @@ def batch_outer_sum(b: Array, a: Array) -> Array:
     (docs/performance.md, last section). Element-wise, each run's sum is the same operations
     whatever the group, and it is the reduction's usual order: where the reduction did not change
     with the group it gives the same bits (checked at B = 3, 8, 16, 32; d = 4, 12, 24). Used for
-    ``B <=`` :data:`FOLD_MAX_BATCH`: at d = 12 0.91-0.92x the reduction's speed (B = 3-32), at
-    d = 4 and 24 0.99-1.03x.
+    ``2 <= B <=`` :data:`FOLD_MAX_BATCH` and layer widths ``<=`` :data:`BROADCAST_MAX_WIDTH` (where
+    :func:`mm` is a multiply-and-sum; wider layers keep its ``einsum``): at d = 12 0.91-0.92x the
+    reduction's speed (B = 3-32), at d = 4 and 24 0.99-1.03x. SGD, momentum SGD, online and
+    offline, share it (:func:`minibatch_updates`).
     """
     acc = outer(b[:, 0], a[:, 0])
     for k in range(1, b.shape[1]):
@@ -353,7 +355,10 @@ def minibatch_updates(weights, x, y, lr):
         prod_t = lambda w, v: product(mT(w), v)               # noqa: E731
         update = lambda b, a: product(b, mT(a))               # noqa: E731
         if x.ndim > 2 and batch <= FOLD_MAX_BATCH:
-            update = batch_outer_sum                            # runs trailing: one order, any group
+            # runs trailing, where mm would reduce (not einsum): one order for any group size
+            update = lambda b, a: (batch_outer_sum(b, a)      # noqa: E731
+                                   if max(b.shape[0], a.shape[0]) <= BROADCAST_MAX_WIDTH
+                                   else mm(b, mT(a)))
     acts = [x]
     for w in weights[:-1]:
         acts.append(prod(w, acts[-1]))
