@@ -90,11 +90,6 @@ def columns_product(batch: int, plain: bool):
     return mm_sum if plain and batch < DOT_MIN_COLUMNS else mm
 
 
-#: Largest minibatch whose sum of per-sample outer products (the SGD update) is written as an explicit
-#: left fold (:func:`batch_outer_sum`) when the runs are on the trailing axes.
-FOLD_MAX_BATCH = 32
-
-
 def batch_outer_sum(b: Array, a: Array) -> Array:
     """``sum_k b[:, k] a[:, k]^T``: ``(m, B, *R), (n, B, *R) -> (m, n, *R)``, added in the order
     ``k = 0, 1, ..., B - 1`` as element-wise operations (no XLA reduction).
@@ -104,12 +99,14 @@ def batch_outer_sum(b: Array, a: Array) -> Array:
     AVX-512 CPUs, so a run's last-layer update rounded 1 ulp differently by its group's size
     (docs/performance.md, last section). Element-wise, each run's sum is the same operations
     whatever the group, and it is the reduction's usual order: where the reduction did not change
-    with the group it gives the same bits (checked at B = 3, 8, 16, 32; d = 4, 12, 24). Used for
-    ``2 <= B <=`` :data:`FOLD_MAX_BATCH` and layer widths ``<=`` :data:`BROADCAST_MAX_WIDTH` (where
-    :func:`mm` is a multiply-and-sum; wider layers keep its ``einsum``): at d = 12 0.91-0.92x the
-    reduction's speed (B = 3-32), at d = 4 and 24 0.99-1.03x. SGD, momentum SGD, online and
-    offline, share it (:func:`minibatch_updates`).
+    with the group it gives the same bits (checked at B = 3, 8, 16, 32; d = 4, 12, 24). The fold
+    replaces only :func:`mm`'s multiply-and-sum: where ``m``, ``B`` or ``n`` exceeds
+    :data:`BROADCAST_MAX_WIDTH` this is ``mm(b, mT(a))`` (its ``einsum``), as before. At d = 12
+    0.91-0.92x the reduction's speed (B = 3-32), at d = 4 and 24 0.99-1.03x. SGD, momentum SGD,
+    online and offline, share it (:func:`minibatch_updates`, runs trailing).
     """
+    if max(b.shape[0], b.shape[1], a.shape[0]) > BROADCAST_MAX_WIDTH:
+        return mm(b, mT(a))
     acc = outer(b[:, 0], a[:, 0])
     for k in range(1, b.shape[1]):
         acc = acc + outer(b[:, k], a[:, k])
@@ -353,12 +350,8 @@ def minibatch_updates(weights, x, y, lr):
         product = columns_product(batch, plain=x.ndim == 2)
         prod = product
         prod_t = lambda w, v: product(mT(w), v)               # noqa: E731
-        update = lambda b, a: product(b, mT(a))               # noqa: E731
-        if x.ndim > 2 and batch <= FOLD_MAX_BATCH:
-            # runs trailing, where mm would reduce (not einsum): one order for any group size
-            update = lambda b, a: (batch_outer_sum(b, a)      # noqa: E731
-                                   if max(b.shape[0], a.shape[0]) <= BROADCAST_MAX_WIDTH
-                                   else mm(b, mT(a)))
+        # runs trailing: the batch sum in one order for any run-group size (batch_outer_sum)
+        update = batch_outer_sum if x.ndim > 2 else lambda b, a: product(b, mT(a))  # noqa: E731
     acts = [x]
     for w in weights[:-1]:
         acts.append(prod(w, acts[-1]))
