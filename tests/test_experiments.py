@@ -227,10 +227,12 @@ def test_bench_json_schema(capsys, monkeypatch):
         assert r["run_steps_per_s"] > 0
         assert "at the start" in r["load_average"]           # every number says the load it ran at
     assert [r["name"] for r in results] == ["online_sgd", "anisotropic_sde", "online_sgd_vs_before",
-                                            "anisotropic_sde_vs_before", "recording", "record_loss_only"]
+                                            "online_sgd_kernel_vs_xla", "anisotropic_sde_vs_before",
+                                            "recording", "record_loss_only"]
     sgd = results[0]
     assert sgd["ratio"] == pytest.approx(sgd["run_steps_per_s"] / sgd["baseline_run_steps_per_s"])
-    assert jax.numpy.isfinite(results[4]["peak_rss_mb"])
+    assert jax.numpy.isfinite(results[5]["peak_rss_mb"])
+    assert "today: " in results[3]["baseline"]      # says whether the compiled kernel ran
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)

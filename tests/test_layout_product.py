@@ -231,6 +231,11 @@ def test_datasets_record_the_product():
     assert list(data.layout_product.values) == ["batched", "batched"]
     forced = run_experiment(config.model_copy(update={"product": "broadcast"}))
     assert list(forced.layout_product.values) == ["broadcast", "broadcast"]
+    # which implementation computed each method's steps: SGD's broadcast steps in the compiled
+    # kernel where it is built, GD and batched products always the XLA step
+    from dlnlab.dynamics import kernels
+    assert list(data.step_kernel.values) == ["xla", "xla"]
+    assert list(forced.step_kernel.values) == ["xla", "compiled" if kernels.available() else "xla"]
     np.testing.assert_allclose(forced.loss.values, data.loss.values, rtol=1e-4)    # float32 rounding
     with pytest.raises(ValueError, match="product"):
         validate_config({"product": "vmap"})

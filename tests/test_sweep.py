@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+from dlnlab.dynamics import kernels
 from dlnlab.dynamics.registry import get_method
 from dlnlab.engine import Recording, run_keys, simulate, steps_for_times
 from dlnlab.experiments import build_task, record_times, validate_config
@@ -649,3 +650,9 @@ def test_the_product_of_each_point_is_used_and_recorded(tmp_path):
     assert got.sel(product="broadcast").values.tolist() == ["broadcast"] * 2
     assert got.sel(product="batched").values.tolist() == ["batched"] * 2
     assert ds.layout_product.attrs["long_name"].startswith("how the engine ran")
+    # online SGD's broadcast steps run in the compiled kernel where it is built; batched never
+    compiled = "compiled" if kernels.available() else "xla"
+    kernel = ds.step_kernel.sel(method_name="sgd")
+    assert kernel.sel(product="broadcast").values.tolist() == [compiled] * 2
+    assert kernel.sel(product="batched").values.tolist() == ["xla"] * 2
+    assert ds.step_kernel.attrs["long_name"].startswith("what computed the steps")

@@ -222,19 +222,31 @@ def _versus_before_cases(task, weights, lr, h, runs, quick, min_seconds, device,
     groups of :data:`BEFORE_RUN_GROUP`), same problem and key, timed in turn in this run."""
     from .benchmark_baseline import baseline_steppers
     from .dynamics import AnisotropicLangevin, Hyperparameters, OnlineSGD, StepSizeHyperparameters
-    from .engine import Layout, advance_from
+    from .engine import Layout, advance_from, resolve_kernel
 
     before_sgd, before_sde = baseline_steppers()
     batched = tuple(jnp.broadcast_to(w[None], (runs,) + w.shape) + 0 for w in weights)
+    before_layout = Layout(run_group=BEFORE_RUN_GROUP)
+    sgd_steps = 2048 if quick else 4096
+    kernel_note = ("the compiled SGD kernel" if resolve_kernel(OnlineSGD(task), weights, "broadcast", True)
+                   == "kernel" else "no compiled kernel here: the XLA step")
     out = []
-    for name, now, before, hp, steps in (
-            ("online_sgd_vs_before", OnlineSGD(task), before_sgd(task), Hyperparameters(lr),
-             2048 if quick else 4096),
-            ("anisotropic_sde_vs_before", AnisotropicLangevin(task), before_sde(task),
-             StepSizeHyperparameters(lr, 1.0, h), 256 if quick else 512)):
-        say(f"{name}: today's stepper and the stepper before issue 15, in turn")
+    for name, now, before, hp, steps, baseline in (
+            ("online_sgd_vs_before", (OnlineSGD(task), None), (before_sgd(task), before_layout),
+             Hyperparameters(lr), sgd_steps,
+             f"the same stepper before issue 15 (dlnlab.benchmark_baseline), in run groups of "
+             f"{BEFORE_RUN_GROUP} as then; today: {kernel_note}"),
+            ("online_sgd_kernel_vs_xla", (OnlineSGD(task), None),
+             (OnlineSGD(task), Layout(kernel=False)), Hyperparameters(lr), sgd_steps,
+             f"today's XLA step (Layout(kernel=False)); today: {kernel_note}"),
+            ("anisotropic_sde_vs_before", (AnisotropicLangevin(task), None),
+             (before_sde(task), before_layout), StepSizeHyperparameters(lr, 1.0, h),
+             256 if quick else 512,
+             "the same stepper before issue 15 (dlnlab.benchmark_baseline), "
+             f"in run groups of {BEFORE_RUN_GROUP} as then")):
+        say(f"{name}: today's default and the baseline, in turn")
         calls, compile_s = [], 0.0
-        for stepper, layout in ((now, None), (before, Layout(run_group=BEFORE_RUN_GROUP))):
+        for stepper, layout in (now, before):
             advance = advance_from(stepper, batched, hp, jax.random.key(3), layout=layout)
             t0 = time.perf_counter()
             jax.block_until_ready(advance(1))
@@ -244,9 +256,7 @@ def _versus_before_cases(task, weights, lr, h, runs, quick, min_seconds, device,
         rate, base = _interleaved_rates(calls, runs * steps, 2 * min_seconds)
         out.append(dict(name=name, config=f"L={DEPTH}, d={WIDTH}, B=1, float32, {runs} runs",
                         run_steps_per_s=rate, baseline_run_steps_per_s=base, ratio=rate / base,
-                        device=device, compile_s=compile_s,
-                        baseline="the same stepper before issue 15 (dlnlab.benchmark_baseline), "
-                                 f"in run groups of {BEFORE_RUN_GROUP} as then"))
+                        device=device, compile_s=compile_s, baseline=baseline))
     return out
 
 

@@ -248,6 +248,14 @@ class Stepper:
         """The step given its drawn randomness ``noise`` (one step's slice of :meth:`draw`)."""
         raise NotImplementedError
 
+    def block_kernel(self, shapes, dtype):
+        """A compiled kernel that runs a whole block of steps on CPU, or ``None`` (the engine then
+        scans :meth:`apply`). ``shapes``: the layer shapes ``(d_l, d_{l-1})``; ``dtype``: the
+        weights' dtype. The kernel is called as ``kernel(noise, state, hparams, first_step,
+        valid_steps, threshold, diverged) -> (state, diverged)`` with runs on the trailing axis
+        and must give exactly the scan's results (:mod:`dlnlab.dynamics.kernels`)."""
+        return None
+
     def step(self, key, state, hparams):
         """``step(key, state, hparams) -> (state, info)``: the contract (module docstring)."""
         words = ops.key_words(key)

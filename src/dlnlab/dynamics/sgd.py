@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from .. import _validation as v
 from .._types import Array
 from . import _ops as ops
+from . import kernels
 from .base import Hyperparameters, Info, State, Stepper, cast, dtype_of
 from .method import ConformanceCase, Method, MethodSettings
 
@@ -112,6 +113,22 @@ class OnlineSGD(Stepper):
 
     def draw(self, words, steps, dtype):
         return online_draw(self.task, self.batch_size, words, steps, dtype)
+
+    def block_kernel(self, shapes, dtype):
+        """:func:`dlnlab.dynamics.kernels.online_sgd_block` where it takes the network (widths
+        and batch size at most 32, float32 or float64, the compiled module built); never for a
+        subclass that redefines ``draw`` or ``apply`` (the kernel computes this class's step)."""
+        own = type(self).apply is OnlineSGD.apply and type(self).draw is OnlineSGD.draw
+        if not own or not kernels.online_sgd_supports(self.task, self.batch_size, shapes, dtype):
+            return None
+
+        def kernel(z, state, hparams, first_step, valid_steps, threshold, diverged):
+            weights, diverged = kernels.online_sgd_block(
+                self.task, self.batch_size, state.weights, z,
+                cast(hparams.learning_rate, dtype_of(state)), threshold, first_step, valid_steps,
+                diverged)
+            return State(weights, state.step + valid_steps), diverged
+        return kernel
 
     def apply(self, words, z, state, hparams):
         x, y = online_batch(self.task, self.batch_size, z)

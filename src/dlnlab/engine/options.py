@@ -56,7 +56,8 @@ PRODUCTS = ("auto", "broadcast", "batched")
 class Layout:
     """How the runs are laid out. Results never depend on ``block_steps``, ``run_group``,
     ``parallel``, ``chunk_steps`` or the number of runs (bit-identical); ``product`` picks one of
-    two ways of computing a step, which can round differently (float rounding).
+    two ways of computing a step, and ``kernel`` one of two implementations of the broadcast
+    step, which can round differently (float rounding).
 
     - ``block_steps``: steps per pre-drawn noise block (1 is compiled as 2: a one-trip loop is
       inlined by XLA and rounds differently; see ``engine.simulate._block``).
@@ -81,12 +82,22 @@ class Layout:
         (:func:`~dlnlab.engine.resolve_product`). The choice depends on the network's shape
         only, never on the number of runs, so results stay independent of it; the dataset
         records it (``attrs["layout_product"]``).
+    - ``kernel``: on CPU, run whole blocks of steps in the stepper's compiled block kernel where
+      it has one for the network (online SGD with broadcast products, widths and batch size
+      at most 32, x86-64 CPUs with AVX2 and FMA: :mod:`dlnlab.dynamics.kernels`). It sums in
+      index order, as the XLA step does for the paper's network (bit-identical there), and in
+      every run group alike; where XLA:CPU reorders a sum (label noise from width 24, widths
+      28-32) the two differ at float rounding, and only the kernel keeps a run's bits
+      independent of the number of runs. 1.3x the XLA step's speed at width 12
+      (docs/performance.md). ``False``: always the XLA step. The dataset records which ran
+      (``attrs["step_kernel"]``: ``"compiled"`` or ``"xla"``).
     """
     block_steps: int = 64
     run_group: int | None = None
     parallel: bool = True
     chunk_steps: int = 1 << 14
     product: str = "auto"
+    kernel: bool = True
 
     def __post_init__(self):
         if self.product not in PRODUCTS:
@@ -97,6 +108,8 @@ class Layout:
             v.positive_int("layout.run_group", self.run_group)
         if not isinstance(self.parallel, bool):
             v.fail("layout.parallel", self.parallel, "must be true or false")
+        if not isinstance(self.kernel, bool):
+            v.fail("layout.kernel", self.kernel, "must be true or false")
 
 
 @dataclasses.dataclass(frozen=True)

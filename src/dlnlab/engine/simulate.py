@@ -117,8 +117,11 @@ def _block_scan(stepper, words, hparams, carry, length_valid, block_steps, thres
                 product="broadcast"):
     """One block: draw its randomness, scan ``block_steps`` steps (only ``length_valid`` act).
 
-    ``product="batched"``: the block runs with the runs on the *leading* axis, each step the
-    stepper's single-run ``apply`` mapped over them (``jax.vmap``: every matrix product a batched
+    ``product="kernel"``: on CPU the stepper's compiled block kernel runs the whole block in one
+    call (:meth:`~dlnlab.dynamics.Stepper.block_kernel`; the broadcast scan's operations, every
+    sum in index order); on other platforms the broadcast scan. ``product="batched"``: the
+    block runs with the runs on the *leading* axis, each step the stepper's single-run
+    ``apply`` mapped over them (``jax.vmap``: every matrix product a batched
     ``dot``, which XLA hands to its matrix library); the state and the block's noise are moved
     there once per block and back after it. ``"broadcast"``: runs on the trailing axis, products
     as broadcast-multiply-and-sum (``dynamics._ops``)."""
@@ -129,6 +132,22 @@ def _block_scan(stepper, words, hparams, carry, length_valid, block_steps, thres
     if product == "batched":
         return _block_scan_batched(stepper, words, hparams, state, diverged, noise, length_valid,
                                    block_steps, threshold)
+    if product == "kernel":
+        kernel = stepper.block_kernel(tuple(w.shape[:2] for w in state.weights), dtype)
+        valid = jnp.int32(block_steps) if length_valid is None else length_valid
+        # The compiled kernel on CPU; the XLA scan on any other platform (same results).
+        return jax.lax.platform_dependent(
+            noise, state, diverged,
+            cpu=lambda z, st, div: kernel(z, st, hparams, st.step, valid, threshold, div),
+            default=lambda z, st, div: _scan_broadcast(stepper, words, hparams, st, div, z,
+                                                       length_valid, block_steps, threshold))
+    return _scan_broadcast(stepper, words, hparams, state, diverged, noise, length_valid,
+                           block_steps, threshold)
+
+
+def _scan_broadcast(stepper, words, hparams, state, diverged, noise, length_valid, block_steps,
+                    threshold):
+    """:func:`_block_scan`'s broadcast layout: ``lax.scan`` of the stepper's ``apply``."""
 
     def body(c, inputs):
         i, z = inputs
@@ -330,6 +349,31 @@ def resolve_product(stepper: Stepper, weights, product: str = "auto") -> str:
     threshold = stepper.batched_product_width()
     widest = max(max(np.shape(w)[-2:]) for w in weights)
     return "batched" if threshold is not None and widest >= threshold else "broadcast"
+
+
+def resolve_kernel(stepper: Stepper, weights, product: str, kernel: bool) -> str:
+    """The internal product: ``"kernel"`` where the resolved ``product`` is ``"broadcast"``,
+    ``kernel`` (``Layout.kernel``) is on and the stepper has a compiled block kernel for these
+    weights (``(num_runs, d_l, d_{l-1})`` or ``(d_l, d_{l-1})``; runs on CPU only, the XLA scan
+    elsewhere), else ``product`` itself."""
+    if not kernel or product != "broadcast":
+        return product
+    weights = tuple(weights) if isinstance(weights, tuple | list) else (weights,)
+    shapes = tuple(tuple(np.shape(w)[-2:]) for w in weights)
+    dtype = jnp.asarray(weights[0]).dtype
+    return "kernel" if stepper.block_kernel(shapes, dtype) is not None else product
+
+
+def _step_kernel(products) -> str:
+    """``attrs["step_kernel"]``: ``"compiled"`` where a compiled block kernel ran (on CPU),
+    else ``"xla"``; one entry per distinct phase setting, comma-separated."""
+    cpu = jax.default_backend() == "cpu"
+    return ", ".join(dict.fromkeys("compiled" if (p == "kernel" and cpu) else "xla"
+                                   for p in products))
+
+
+def _public_product(product: str) -> str:
+    return "broadcast" if product == "kernel" else product
 
 
 #: Fewest runs a batched run group holds: XLA computes a batch of one as a plain product, which
@@ -553,7 +597,8 @@ def simulate(stepper: Stepper, weights, hparams, key, recording, *, layout: Layo
     words = key_words(keys)                                           # (2, R)
     state = initial_state(stepper, weights)
     phases = _phases(stepper, hp, schedule, num_runs, dtype, state)
-    products = [resolve_product(st, weights, layout.product) for _, st, _ in phases]
+    products = [resolve_kernel(st, weights, resolve_product(st, weights, layout.product),
+                               layout.kernel) for _, st, _ in phases]
     run_group, num_devices, padded = _layout(num_runs, layout.run_group, layout.parallel,
                                              "batched" in products)
     divergence_threshold = _check_threshold(divergence_threshold)
@@ -569,7 +614,7 @@ def simulate(stepper: Stepper, weights, hparams, key, recording, *, layout: Layo
                           dtype=np.dtype(shapes[k].dtype)) for k in names}
     settings = (names, recording.coupled, str(dtype))
     if "batched" in products:       # broadcast-only checkpoints keep their earlier fingerprint
-        settings += (tuple(products),)
+        settings += (tuple(_public_product(p) for p in products),)
     fingerprint = _fingerprint(phases, weights, hp, words, steps, divergence_threshold, settings)
     ckpt = Path(checkpoint.path) if checkpoint is not None else None
     position, index = 0, 0
@@ -617,7 +662,8 @@ def simulate(stepper: Stepper, weights, hparams, key, recording, *, layout: Layo
         ckpt.unlink()
     ds = _to_dataset(stepper, records, steps, hp, np.asarray(diverged), run_offset,
                      dict(compile_s=compile_s, run_s=run_s))
-    ds.attrs["layout_product"] = ", ".join(dict.fromkeys(products))
+    ds.attrs["layout_product"] = ", ".join(dict.fromkeys(_public_product(p) for p in products))
+    ds.attrs["step_kernel"] = _step_kernel(products)
     return ds
 
 
@@ -632,7 +678,8 @@ def advance_from(stepper: Stepper, weights, hparams, key, *, layout: Layout | No
                                               else (weights,)))
     num_runs, dtype = int(weights[0].shape[0]), weights[0].dtype
     stepper = _with_dtype(stepper, dtype)
-    product = resolve_product(stepper, weights, layout.product)
+    product = resolve_kernel(stepper, weights, resolve_product(stepper, weights, layout.product),
+                             layout.kernel)
     run_group, num_devices, padded = _layout(num_runs, layout.run_group, layout.parallel,
                                              product == "batched")
     hp = _broadcast_hparams(stepper, hparams, num_runs, dtype)

@@ -472,9 +472,10 @@ def run_experiment(config: ExperimentConfig, *, progress_factory=None, checkpoin
             atomic_write_dataset(ds, partial)
         parts.append(ds)
     products = [str(ds.attrs.get("layout_product", "")) for ds in parts]
+    step_kernels = [str(ds.attrs.get("step_kernel", "")) for ds in parts]
     for ds in parts:
         for key in ("method", "compile_seconds", "run_seconds", "run_steps_per_second", "wall_seconds",
-                    "layout_product"):
+                    "layout_product", "step_kernel"):
             ds.attrs.pop(key, None)
     data = xr.concat(parts, dim="method_name", coords="minimal", compat="override", join="outer")
     data = data.assign_coords(method_name=list(config.methods),
@@ -482,7 +483,8 @@ def run_experiment(config: ExperimentConfig, *, progress_factory=None, checkpoin
                               method_colour=("method_name", [get_method(m).colour
                                                         for m in config.methods]),
                               step_size=("method_name", [config.step_size(m) for m in config.methods]),
-                              layout_product=("method_name", products))
+                              layout_product=("method_name", products),
+                              step_kernel=("method_name", step_kernels))
     overlays = theory_overlays(config, task, weights, times, measured=data)
     data = data.merge(overlays)
     if "isotropic" in prepared:   # each run's own matched temperature (run i never depends on runs)

@@ -50,6 +50,9 @@ VARIABLE_ATTRIBUTES: dict[str, tuple[str, str | None]] = {
     "layout_product": ("how the engine ran the matrix products over the runs: broadcast or batched "
                        "(the config's product, resolved from auto; docs/performance.md); empty: "
                        "failed or pending", None),
+    "step_kernel": ("what computed the steps: compiled (the compiled block kernel, on CPU) or xla "
+                    "(the XLA step); docs/architecture.md, Compiled block kernels; empty: failed or "
+                    "pending", None),
     "final_loss": ("loss at the point's last record (NaN: failed or pending)", None),
     "censor_time": ("censoring time of the time-to-event variables: the last record time, or "
                     "the divergence time (diverged_step x step time) of a diverged run", TIME_UNITS),

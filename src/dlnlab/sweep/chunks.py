@@ -276,7 +276,8 @@ def run_chunk(spec: ChunkSpec, path: str | Path) -> ChunkOutcome:
     record), ``step``, ``diverged_step`` (-1: not diverged by the point's last step) and
     ``status`` (``ok`` / ``diverged`` / ``failed``) and ``layout_product`` (``broadcast`` /
     ``batched``: how the engine ran the point's matrix products, the config's ``product``
-    resolved; ``""`` for a failed run) per run, ``final_loss`` (the loss at the
+    resolved; ``""`` for a failed run) and ``step_kernel`` (``compiled`` / ``xla``: whether the
+    compiled block kernel ran the steps, ``dlnlab.dynamics.kernels``) per run, ``final_loss`` (the loss at the
     point's last record), ``censor_time`` (the last record time, or the divergence time) and, when
     the amplitudes are recorded, ``t_half`` / ``t_90`` ``(method_name, slot, mode)``: first time
     ``a >= 0.5 s`` / ``0.9 s`` (:func:`dlnlab.analysis.events.crossing_times`, NaN: not
@@ -403,6 +404,7 @@ def _assemble(spec, methods, records, slots, offsets, configs, times, results, f
     diverged = np.full((nm, slots), -1, dtype=np.int64)
     status = np.full((nm, slots), "failed", dtype=object)
     product = np.full((nm, slots), "", dtype=object)
+    kernel = np.full((nm, slots), "", dtype=object)
     point = np.zeros(slots, dtype=np.int64)
     run = np.zeros(slots, dtype=np.int64)
     censor = np.full((nm, slots), np.nan)
@@ -430,11 +432,13 @@ def _assemble(spec, methods, records, slots, offsets, configs, times, results, f
         diverged[mi, s0:s1] = div
         status[mi, s0:s1] = np.where(div >= 0, "diverged", "ok")
         product[mi, s0:s1] = str(ds.attrs.get("layout_product", ""))
+        kernel[mi, s0:s1] = str(ds.attrs.get("step_kernel", ""))
         h = times[i][-1] / own[-1] if own[-1] > 0 else 0.0
         censor[mi, s0:s1] = np.where(div >= 0, div * h, times[i][-1])
     for i in failed:
         status[:, offsets[i]:offsets[i + 1]] = "failed"
         product[:, offsets[i]:offsets[i + 1]] = ""
+        kernel[:, offsets[i]:offsets[i + 1]] = ""
         for name in arrays:
             arrays[name][:, offsets[i]:offsets[i + 1]] = np.nan
     dims = {name: ("method_name", "slot", "record", *OBSERVABLE_DIMS[name]) for name in arrays}
@@ -443,6 +447,7 @@ def _assemble(spec, methods, records, slots, offsets, configs, times, results, f
                 diverged_step=(("method_name", "slot"), diverged),
                 status=(("method_name", "slot"), status.astype(str)),
                 layout_product=(("method_name", "slot"), product.astype(str)),
+                step_kernel=(("method_name", "slot"), kernel.astype(str)),
                 censor_time=(("method_name", "slot"), censor))
     if "loss" in arrays:
         last = np.array([max(times[i].size, 1) - 1 for i in range(len(entries))

@@ -1,0 +1,135 @@
+"""Compiled block kernels: a whole block of steps of one stepper in one XLA custom call.
+
+At width 12 a step of the XLA broadcast layout is 16 XLA kernels, each with a fixed cost of about
+0.3 us that is half the step (docs/performance.md, "What bounds d = 12 SGD"). A block kernel runs
+all the steps of a noise block for a run group in one call of compiled C++ (``dlnlab.dynamics._kernels``,
+built at install time from ``src/dlnlab/kernels/*.cc`` and registered through XLA's FFI,
+``jax.ffi``), computing the XLA step's own operations with the same fused multiply-adds, every
+sum in index order.
+
+Bits. Where XLA:CPU also sums in index order, which it does for the paper's network and every
+case ``tests/test_kernels.py`` compares, a run's results are bit-identical to the XLA step's
+(float32 and float64). In some fusion contexts XLA vectorises the backward product ``W^T e`` in
+another order (measured on an AVX-512 CPU: online SGD with label noise from width 24 in run
+groups of 1-4 runs, and widths 28-32), and there its order also changed with the run-group size,
+so a run's bits depended on how many runs were simulated with it. The kernel's order never
+depends on the group (each run is a vector lane), so with the kernel a run's bits are the same
+for any number of runs; against the XLA step they then differ at float rounding.
+
+The engine uses a kernel on CPU when the stepper offers one for the network
+(:meth:`~dlnlab.dynamics.Stepper.block_kernel`), the products are ``"broadcast"`` and
+``Layout(kernel=True)`` (the default); elsewhere (GPU, ``kernel=False``, a build without the
+compiled module) it scans the stepper's ``apply`` as before. Datasets record which ran
+(``attrs["step_kernel"]``: ``"compiled"`` or ``"xla"``).
+
+Kernels here: :func:`online_sgd_block` (:class:`~dlnlab.dynamics.OnlineSGD`, widths at most
+:data:`KERNEL_MAX_WIDTH` = 32, batch size at most :data:`KERNEL_MAX_BATCH` = 32, float32 and
+float64; x86-64 CPUs with AVX2 and FMA).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._ops import BROADCAST_MAX_WIDTH
+
+#: Widest layer the kernels take: the widths at which the XLA step uses broadcast products
+#: (:data:`~dlnlab.dynamics._ops.BROADCAST_MAX_WIDTH`); wider networks run batched products.
+KERNEL_MAX_WIDTH = BROADCAST_MAX_WIDTH
+#: Largest batch size the kernels take: the XLA step's batch sum is an explicit fold up to
+#: :data:`~dlnlab.dynamics._ops.BROADCAST_MAX_WIDTH` (``_ops.batch_outer_sum``).
+KERNEL_MAX_BATCH = BROADCAST_MAX_WIDTH
+#: Most layers a kernel takes.
+KERNEL_MAX_LAYERS = 64
+
+_TARGETS = {jnp.dtype(jnp.float32): "dlnlab_online_sgd_block_f32",
+            jnp.dtype(jnp.float64): "dlnlab_online_sgd_block_f64"}
+
+
+@functools.cache
+def _registered() -> str | None:
+    """Registers the compiled handlers with XLA once; ``None`` when they cannot be used, else
+    ``""``. Unusable: the module was not built (no C++ compiler at install time), or this jax has
+    no ``jax.ffi``."""
+    try:
+        from . import _kernels
+    except ImportError:
+        return None
+    if not hasattr(jax, "ffi") or not hasattr(jax.ffi, "register_ffi_target"):
+        return None
+    import jaxlib
+    if not _kernels.usable:
+        return None      # a CPU without AVX2 and FMA
+    if _version(jaxlib.__version__) < _version(_kernels.jaxlib_version):
+        return None      # built against a newer XLA FFI than this jaxlib: not guaranteed to load
+    jax.ffi.register_ffi_target(_TARGETS[jnp.dtype(jnp.float32)], _kernels.online_sgd_block_f32,
+                                platform="cpu")
+    jax.ffi.register_ffi_target(_TARGETS[jnp.dtype(jnp.float64)], _kernels.online_sgd_block_f64,
+                                platform="cpu")
+    return ""
+
+
+def _version(text: str) -> tuple[int, ...]:
+    parts = []
+    for part in text.split("."):
+        digits = "".join(c for c in part if c.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def available() -> bool:
+    """Whether the compiled kernels can run here (built at install time and registered)."""
+    return _registered() is not None
+
+
+def online_sgd_supports(task, batch_size: int, shapes, dtype) -> bool:
+    """Whether :func:`online_sgd_block` takes this problem: weights ``shapes`` ``(d_l, d_{l-1},
+    ...)`` at most :data:`KERNEL_MAX_WIDTH` wide, at most :data:`KERNEL_MAX_LAYERS` layers,
+    ``batch_size <=`` :data:`KERNEL_MAX_BATCH`, an online task, float32 or float64, and a built module."""
+    return (available() and task.online and jnp.dtype(dtype) in _TARGETS
+            and 1 <= len(shapes) <= KERNEL_MAX_LAYERS and 1 <= batch_size <= KERNEL_MAX_BATCH
+            and all(max(s[0], s[1]) <= KERNEL_MAX_WIDTH for s in shapes))
+
+
+def online_sgd_block(task, batch_size: int, weights, normals, learning_rate, threshold, first_step,
+                     valid_steps, diverged):
+    """``(weights, diverged)`` after the first ``valid_steps`` steps of a block of online SGD.
+
+    ``OnlineSGD.apply`` scanned over the block with the engine's divergence rule
+    (``diverged[r]``: the first step whose minibatch loss is not ``<= threshold``, else kept),
+    runs on the trailing axis:
+
+    - ``weights``: tuple of ``(d_l, d_{l-1}, R)``; ``normals``: ``(S, n_x + n_e, R)``, the
+      block's draw (``OnlineSGD.draw``), ``n_x = d_in B`` inputs and ``n_e = d_out B`` label-noise
+      normals (0 without label noise);
+    - ``learning_rate``: ``(R,)``; ``threshold``: scalar; ``first_step``, ``valid_steps``: int32
+      scalars (the block's first step counter and how many of its ``S`` steps act);
+      ``diverged``: ``(R,)`` int32.
+
+    Call only where :func:`online_sgd_supports` holds, inside a computation compiled for the CPU
+    (the engine does it through ``jax.lax.platform_dependent``)."""
+    dtype = jnp.dtype(weights[0].dtype)
+    runs = diverged.shape[0]
+    one = jnp.zeros((1, 1), dtype)
+    input_sqrt = one if task.whitened else jnp.asarray(task.input_sqrt, dtype)
+    label = task.label_covariance is not None
+    label_sqrt = jnp.asarray(task.label_sqrt, dtype) if label else one
+    outputs = (jax.ShapeDtypeStruct((runs,), jnp.int32),) + tuple(
+        jax.ShapeDtypeStruct(w.shape, dtype) for w in weights)
+    first = 9                               # positional inputs before the weights
+    call = jax.ffi.ffi_call(_TARGETS[dtype], outputs, vmap_method="sequential",
+                            input_output_aliases={first - 1 + i: i for i in range(len(weights) + 1)})
+    out = call(jnp.asarray(task.teacher, dtype), input_sqrt, label_sqrt, normals.astype(dtype),
+               jnp.broadcast_to(jnp.asarray(learning_rate, dtype), (runs,)),
+               jnp.reshape(jnp.asarray(threshold, dtype), (1,)),
+               jnp.reshape(jnp.asarray(first_step, jnp.int32), (1,)),
+               jnp.reshape(jnp.asarray(valid_steps, jnp.int32), (1,)),
+               diverged.astype(jnp.int32), *weights,
+               batch=np.int64(batch_size), whitened=bool(task.whitened), label_noise=label)
+    return tuple(out[1:]), out[0]

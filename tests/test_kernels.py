@@ -1,0 +1,243 @@
+"""The compiled block kernel of online SGD (``dlnlab.dynamics.kernels``) against the XLA step.
+
+The kernel computes the XLA step's operations with the same fused multiply-adds, every sum in
+index order. Where XLA:CPU sums in index order too, the comparisons here are bit for bit: the
+weights after a block and a rest, the divergence step, every recorded observable, in float32 and
+float64, for whitened and coloured inputs, with and without label noise, batch sizes 1 to 32,
+uneven layers, and run counts that fill the vector lanes partially. A kernel that rounds one
+operation differently fails them (``test_a_kernel_that_rounds_differently_is_caught``). Where
+XLA reorders a sum (label noise from width 24 in small run groups, widths 28-32), the two agree
+at float rounding, and the kernel alone keeps a run's bits independent of its run group.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dlnlab import dynamics as dy
+from dlnlab import engine as en
+from dlnlab.core import Task
+from dlnlab.dynamics import kernels
+
+needs_kernel = pytest.mark.skipif(not kernels.available(),
+                                  reason="dlnlab.dynamics._kernels was not built (no C++ compiler)")
+
+
+def test_the_kernels_are_built_where_a_compiler_is():
+    """The install builds ``dlnlab.dynamics._kernels`` whenever a C++ compiler is there (setup.py): a
+    compile error must fail here, not fall back to the XLA step unnoticed."""
+    if not sys.platform.startswith("linux") or shutil.which("c++") is None:
+        pytest.skip("no C++ compiler on this machine: the kernels are optional")
+    assert kernels.available(), "dlnlab.dynamics._kernels is missing or unusable: see the pip install log"
+
+
+def _task(regime, d_in, d_out, dtype):
+    rng = np.random.default_rng(7)
+    cov = None
+    if regime.startswith("colored"):
+        a = rng.standard_normal((d_in, d_in))
+        cov = (a @ a.T / d_in + 0.5 * np.eye(d_in)).astype(np.float32)
+    label = 0.5 if regime.endswith("noise") else None
+    spectrum = [1.0, 0.5][:min(d_in, d_out)]
+    return Task.from_spectrum(jax.random.key(3), d_in, d_out, spectrum, label_noise=label,
+                              input_covariance=cov, dtype=dtype)
+
+
+def _weights(widths, runs, dtype, scale=0.4):
+    return tuple((scale / np.sqrt(widths[i]) * jax.random.normal(
+        jax.random.key(10 + i), (runs, widths[i + 1], widths[i]), dtype)).astype(dtype)
+        for i in range(len(widths) - 1))
+
+
+def _run(stepper, weights, hp, kernel, steps=70, observables=("parameters", "loss"), **layout):
+    recording = en.Recording([0, steps // 2, steps], observables=list(observables))
+    return en.simulate(stepper, weights, hp, jax.random.key(5), recording,
+                       layout=en.Layout(kernel=kernel, **layout))
+
+
+def _assert_same(a, b, what):
+    for name in a.data_vars:
+        np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=f"{what}: {name}")
+
+
+CASES = [
+    # regime, widths (d_in ... d_out), batch size, runs
+    ("white", (12, 12, 12, 12, 12), 1, 24),             # the paper's network
+    ("white_noise", (12, 12, 12, 12, 12), 1, 13),       # 13 runs: the last lanes partly filled
+    ("colored", (6, 9, 4), 1, 9),
+    ("colored_noise", (5, 7, 3), 3, 11),
+    ("white", (4, 4, 4), 32, 8),
+    ("white", (27, 27, 27), 2, 4),
+    ("white", (1, 5, 1), 7, 3),
+]
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("regime,widths,batch,runs", CASES)
+def test_kernel_gives_the_bits_of_the_xla_step(dtype, regime, widths, batch, runs):
+    """70 steps (a 64-step block and a 6-step rest) with the kernel and with the XLA step: the
+    same parameters and losses at every record, bit for bit, and the dataset says which ran."""
+    task = _task(regime, widths[0], widths[-1], dtype)
+    stepper = dy.OnlineSGD(task, batch_size=batch)
+    hp = dy.Hyperparameters(0.03, float(batch))
+    weights = _weights(widths, runs, dtype)
+    compiled = _run(stepper, weights, hp, True, product="broadcast")
+    xla = _run(stepper, weights, hp, False, product="broadcast")
+    assert compiled.attrs["step_kernel"] == "compiled" and xla.attrs["step_kernel"] == "xla"
+    assert compiled.attrs["layout_product"] == xla.attrs["layout_product"] == "broadcast"
+    assert np.all(np.isfinite(compiled["parameters"].values))
+    assert not np.array_equal(compiled["parameters"].values[:, -1], compiled["parameters"].values[:, 0])
+    _assert_same(compiled, xla, f"{regime} {widths} B={batch}")
+    np.testing.assert_array_equal(compiled["diverged_step"].values, xla["diverged_step"].values)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_diverging_runs_are_labelled_at_the_same_step(dtype):
+    """Runs whose learning rate is far too large blow up to inf and NaN inside a block: the
+    kernel labels them at the XLA step's step and keeps the other runs' bits."""
+    task = _task("white", 12, 12, dtype)
+    stepper = dy.OnlineSGD(task)
+    rates = np.full(10, 0.03)
+    rates[[2, 7]] = [4.0, 40.0]
+    hp = dy.Hyperparameters(jnp.asarray(rates, dtype))
+    weights = _weights((12, 12, 12, 12), 10, dtype, scale=1.0)
+    compiled = _run(stepper, weights, hp, True, steps=200)
+    xla = _run(stepper, weights, hp, False, steps=200)
+    steps = compiled["diverged_step"].values
+    assert steps[2] >= 0 and steps[7] >= 0 and np.all(np.delete(steps, [2, 7]) < 0), steps
+    np.testing.assert_array_equal(steps, xla["diverged_step"].values)
+    _assert_same(compiled, xla, "diverging runs")
+
+
+@needs_kernel
+@pytest.mark.parametrize("width,batch", [(12, 1), (24, 2), (32, 1)])
+def test_a_run_does_not_depend_on_its_group_or_the_number_of_runs(width, batch):
+    """A run's bits are the same alone, among 3, 4 or 40 runs, in run groups of 1, 3, 4, 8 and
+    40, on one device or two. Width 24 with label noise and a batch of 2, and width 32, are where
+    the XLA step failed this on an AVX-512 CPU (groups of 1-4 runs against 8 or more)."""
+    task = _task("white_noise", width, width, jnp.float32)
+    stepper = dy.OnlineSGD(task, batch_size=batch)
+    hp = dy.Hyperparameters(0.03, float(batch))
+    weights = _weights((width, width, width), 40, jnp.float32)
+    reference = _run(stepper, weights, hp, True, product="broadcast")["parameters"].values
+    assert np.all(np.isfinite(reference))
+    for runs, layout in [(1, {}), (3, {}), (4, {}), (5, {"run_group": 1}), (40, {"run_group": 3}),
+                         (40, {"run_group": 4}), (40, {"run_group": 8, "parallel": False}),
+                         (17, {"block_steps": 5})]:
+        got = _run(stepper, tuple(w[:runs] for w in weights), hp, True, product="broadcast", **layout)
+        assert got.attrs["step_kernel"] == "compiled"
+        np.testing.assert_array_equal(got["parameters"].values, reference[:runs],
+                                      err_msg=f"{runs} runs, {layout}")
+
+
+@needs_kernel
+@pytest.mark.parametrize("width,batch,runs", [(24, 2, 4), (30, 1, 8), (32, 3, 5)])
+def test_kernel_and_xla_step_agree_to_float_rounding_where_xla_reorders(width, batch, runs):
+    """Where XLA:CPU sums ``W^T e`` in another order, two float64 steps of the kernel and of the
+    XLA step agree to the conformance suite's rounding bound for reordered sums (relative 1e-12:
+    a few ulps of 1.1e-16 per operation over ~10 chained operations), and a learning rate
+    1e-9 larger (a real change) is outside it."""
+    task = _task("white_noise", width, width, jnp.float64)
+    stepper = dy.OnlineSGD(task, batch_size=batch)
+    weights = _weights((width, width, width), runs, jnp.float64)
+
+    def params(kernel, rate=0.03):
+        hp = dy.Hyperparameters(rate, float(batch))
+        return _run(stepper, weights, hp, kernel, steps=2, product="broadcast")["parameters"].values
+
+    compiled, xla = params(True), params(False)
+    np.testing.assert_allclose(compiled, xla, rtol=1e-12, atol=1e-14)
+    moved = params(True, 0.03 * (1 + 1e-9))
+    assert np.max(np.abs(moved - xla) / (np.abs(xla) + 1e-14)) > 1e-12
+
+
+@needs_kernel
+def test_a_kernel_that_rounds_differently_is_caught(monkeypatch):
+    """The comparison can fail: a kernel fed a learning rate one float32 ulp off (one rounding
+    of one operation) gives other bits, which the tests above would report."""
+    task = _task("white", 12, 12, jnp.float32)
+    stepper = dy.OnlineSGD(task)
+    hp = dy.Hyperparameters(0.03)
+    weights = _weights((12, 12, 12, 12), 8, jnp.float32)
+    xla = _run(stepper, weights, hp, False)
+    original = kernels.online_sgd_block
+
+    def off_by_one_ulp(task, batch, weights, z, rate, *rest):
+        return original(task, batch, weights, z, jnp.nextafter(rate, jnp.inf), *rest)
+
+    monkeypatch.setattr(kernels, "online_sgd_block", off_by_one_ulp)
+    jax.clear_caches()
+    wrong = _run(stepper, weights, hp, True)
+    assert wrong.attrs["step_kernel"] == "compiled"
+    assert not np.array_equal(wrong["parameters"].values, xla["parameters"].values)
+    monkeypatch.undo()
+    jax.clear_caches()
+
+
+def test_where_the_kernel_applies():
+    """Online SGD with broadcast products on a network at most 32 wide and a batch of at most
+    32; never for batched products, offline SGD, other steppers, a subclass with its own step,
+    or ``Layout(kernel=False)``."""
+    task = _task("white", 12, 12, jnp.float32)
+    weights = _weights((12, 12, 12), 2, jnp.float32)
+    expected = "kernel" if kernels.available() else "broadcast"
+    assert en.resolve_kernel(dy.OnlineSGD(task), weights, "broadcast", True) == expected
+    assert en.resolve_kernel(dy.OnlineSGD(task, batch_size=32), weights, "broadcast", True) == expected
+    assert en.resolve_kernel(dy.OnlineSGD(task), weights, "broadcast", False) == "broadcast"
+    assert en.resolve_kernel(dy.OnlineSGD(task), weights, "batched", True) == "batched"
+    assert en.resolve_kernel(dy.OnlineSGD(task, batch_size=33), weights, "broadcast", True) == "broadcast"
+    widest = _task("white", 32, 32, jnp.float32)
+    assert en.resolve_kernel(dy.OnlineSGD(widest), _weights((32, 32), 2, jnp.float32), "broadcast",
+                             True) == expected
+    wide = _task("white", 33, 33, jnp.float32)
+    assert en.resolve_kernel(dy.OnlineSGD(wide), _weights((33, 33), 2, jnp.float32), "broadcast",
+                             True) == "broadcast"
+    assert en.resolve_kernel(dy.GradientDescent(task), weights, "broadcast", True) == "broadcast"
+    assert en.resolve_kernel(dy.AnisotropicLangevin(task), weights, "broadcast", True) == "broadcast"
+    offline = task.with_data(jax.random.key(2), 16)
+    assert en.resolve_kernel(dy.OfflineSGD(offline), weights, "broadcast", True) == "broadcast"
+
+    class NoisierSGD(dy.OnlineSGD):
+        def apply(self, words, z, state, hparams):
+            return super().apply(words, 2 * z, state, hparams)
+
+    assert en.resolve_kernel(NoisierSGD(task), weights, "broadcast", True) == "broadcast"
+    ds = _run(NoisierSGD(task), weights, dy.Hyperparameters(0.01), True, steps=4)
+    assert ds.attrs["step_kernel"] == "xla"
+
+
+def test_layout_kernel_must_be_a_bool():
+    with pytest.raises(ValueError, match=r"^layout.kernel='yes': must be true or false$"):
+        en.Layout(kernel="yes")
+
+
+@needs_kernel
+def test_other_platforms_lower_to_the_xla_step():
+    """The engine's program for a GPU (lowered here without one) scans the XLA step: no call of
+    the CPU kernel, whose handler exists for the CPU only; the CPU program calls it."""
+    simulate_module = importlib.import_module("dlnlab.engine.simulate")
+    task = _task("white", 12, 12, jnp.float32)
+    stepper = dy.OnlineSGD(task)
+    weights = tuple(jnp.zeros((12, 12, 8), jnp.float32) for _ in range(3))
+    args = (stepper.init(weights), jnp.full((8,), -1, jnp.int32), jnp.zeros((2, 8), jnp.uint32),
+            dy.Hyperparameters(jnp.full((8,), 0.01, jnp.float32)), jnp.int32(10))
+
+    def advance(state, diverged, words, hparams, steps):
+        return simulate_module._advance(stepper, state, diverged, words, hparams, steps, 64, 8,
+                                        jnp.float32(1e8), "kernel")
+
+    traced = jax.jit(advance).trace(*args)
+    programs = {platform: traced.lower(lowering_platforms=(platform,)).as_text()
+                for platform in ("cpu", "cuda")}
+    assert "dlnlab_online_sgd_block" in programs["cpu"]
+    assert "dlnlab_online_sgd_block" not in programs["cuda"]
+    assert "stablehlo.while" in programs["cuda"]
