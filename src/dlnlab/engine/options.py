@@ -88,7 +88,7 @@ class Layout:
       index order, as the XLA step does for the paper's network (bit-identical there), and in
       every run group alike; where XLA:CPU reorders a sum (label noise from width 24, widths
       28-32) the two differ at float rounding, and only the kernel keeps a run's bits
-      independent of the number of runs. 1.3x the XLA step's speed at width 12
+      independent of the number of runs. 1.2-1.3x the XLA step's speed at width 12
       (docs/performance.md). ``False``: always the XLA step. The dataset records which ran
       (``attrs["step_kernel"]``: ``"compiled"`` or ``"xla"``).
     """
