@@ -30,6 +30,11 @@ def _jaxlib():
 
 class BuildKernels(build_ext):
     def build_extension(self, ext):
+        # An earlier in-place build (pip install -e) must not outlive a failed or skipped one.
+        stale = os.path.join(os.path.dirname(os.path.abspath(__file__)), "src", "dlnlab",
+                             "dynamics", "_kernels" + sysconfig.get_config_var("EXT_SUFFIX"))
+        if os.path.exists(stale):
+            os.remove(stale)
         if platform.machine().lower() not in ("x86_64", "amd64"):
             print("dlnlab: the compiled kernels are written for x86-64; building without them "
                   "(the XLA step runs instead)", file=sys.stderr)
@@ -40,11 +45,6 @@ class BuildKernels(build_ext):
                   "(the XLA step runs instead)", file=sys.stderr)
             return
         include, version = found
-        # An earlier in-place build (pip install -e) must not outlive a failed one.
-        stale = os.path.join(os.path.dirname(__file__), "src", "dlnlab", "dynamics",
-                             "_kernels" + sysconfig.get_config_var("EXT_SUFFIX"))
-        if os.path.exists(stale):
-            os.remove(stale)
         ext.include_dirs.append(include)
         ext.define_macros.append(("DLNLAB_JAXLIB_VERSION", f'"{version}"'))
         super().build_extension(ext)
@@ -53,7 +53,8 @@ class BuildKernels(build_ext):
 setup(
     ext_modules=[Extension(
         "dlnlab.dynamics._kernels", sources=["src/dlnlab/kernels/online_sgd.cc"], language="c++",
-        extra_compile_args=["-O3", "-std=c++17", "-ffp-contract=off", "-fvisibility=hidden",
+        extra_compile_args=["-O3", "-std=c++17", "-ffp-contract=off", "-fno-fast-math",
+                            "-fvisibility=hidden",
                             "-Wno-psabi"],
         optional=True)],
     cmdclass={"build_ext": BuildKernels},

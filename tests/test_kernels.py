@@ -13,6 +13,8 @@ at float rounding, and the kernel alone keeps a run's bits independent of its ru
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import platform
 import shutil
 import sys
 
@@ -31,11 +33,19 @@ needs_kernel = pytest.mark.skipif(not kernels.available(),
 
 
 def test_the_kernels_are_built_where_a_compiler_is():
-    """The install builds ``dlnlab.dynamics._kernels`` whenever a C++ compiler is there (setup.py): a
-    compile error must fail here, not fall back to the XLA step unnoticed."""
-    if not sys.platform.startswith("linux") or shutil.which("c++") is None:
-        pytest.skip("no C++ compiler on this machine: the kernels are optional")
-    assert kernels.available(), "dlnlab.dynamics._kernels is missing or unusable: see the pip install log"
+    """The install builds ``dlnlab.dynamics._kernels`` with GCC on x86-64 Linux (setup.py): a
+    compile error must fail here, not fall back to the XLA step unnoticed. Where it is built but
+    cannot run (a CPU without AVX2 or FMA, an older jax), the reason is one line."""
+    if (not sys.platform.startswith("linux") or platform.machine() != "x86_64"
+            or shutil.which("g++") is None):
+        pytest.skip("the kernels are built with GCC on x86-64 Linux only (optional elsewhere)")
+    assert importlib.util.find_spec("dlnlab.dynamics._kernels") is not None, (
+        "dlnlab.dynamics._kernels was not built: see the pip install log")
+    reason = kernels.unavailable_reason()
+    if reason and ("AVX2" in reason or "jax.ffi" in reason):
+        pytest.skip(reason)
+    assert reason == "", reason
+    assert kernels.available()
 
 
 def _task(regime, d_in, d_out, dtype):
@@ -76,6 +86,7 @@ CASES = [
     ("white", (4, 4, 4), 32, 8),
     ("white", (27, 27, 27), 2, 4),
     ("white", (1, 5, 1), 7, 3),
+    ("colored_noise", (6, 4), 2, 10),                   # one layer
 ]
 
 
@@ -210,7 +221,11 @@ def test_where_the_kernel_applies():
         def apply(self, words, z, state, hparams):
             return super().apply(words, 2 * z, state, hparams)
 
+    class NamedSGD(dy.OnlineSGD):      # even a subclass that changes nothing of the step
+        pass
+
     assert en.resolve_kernel(NoisierSGD(task), weights, "broadcast", True) == "broadcast"
+    assert en.resolve_kernel(NamedSGD(task), weights, "broadcast", True) == "broadcast"
     ds = _run(NoisierSGD(task), weights, dy.Hyperparameters(0.01), True, steps=4)
     assert ds.attrs["step_kernel"] == "xla"
 
@@ -241,3 +256,54 @@ def test_other_platforms_lower_to_the_xla_step():
     assert "dlnlab_online_sgd_block" in programs["cpu"]
     assert "dlnlab_online_sgd_block" not in programs["cuda"]
     assert "stablehlo.while" in programs["cuda"]
+
+
+@needs_kernel
+def test_wrong_shapes_are_errors_not_reads_out_of_bounds():
+    """The kernel checks every input before it reads or writes: a teacher that does not match
+    the weights, or too few normals per step, raise (XLA's error with the kernel's message)."""
+    task = _task("white", 6, 6, jnp.float32)
+    other = _task("white", 5, 6, jnp.float32)                  # teacher (6, 5): d_in 5
+    weights = tuple(jnp.zeros((6, 6, 8), jnp.float32) for _ in range(2))
+    z = jnp.zeros((4, 6, 8), jnp.float32)
+    rate, div = jnp.full((8,), 0.01, jnp.float32), jnp.full((8,), -1, jnp.int32)
+    good = kernels.online_sgd_block(task, 1, weights, z, rate, 1e8, 0, 4, div)
+    assert np.array_equal(np.asarray(good[1]), np.asarray(div))
+    with pytest.raises(Exception, match="online_sgd_block: task matrices or rates of wrong shape"):
+        jax.block_until_ready(kernels.online_sgd_block(other, 1, weights, z, rate, 1e8, 0, 4, div))
+    with pytest.raises(Exception, match="online_sgd_block: normals must be"):
+        jax.block_until_ready(kernels.online_sgd_block(task, 2, weights, z, rate, 1e8, 0, 4, div))
+    with pytest.raises(Exception, match="online_sgd_block: valid steps out of range"):
+        jax.block_until_ready(kernels.online_sgd_block(task, 1, weights, z, rate, 1e8, 0, 5, div))
+
+
+@needs_kernel
+def test_a_checkpoint_of_the_xla_step_is_not_resumed_by_the_kernel(tmp_path):
+    """The two implementations can round differently, so a checkpoint written with
+    ``Layout(kernel=False)`` does not match a simulation with the kernel: it starts from step
+    0 and gives the kernel's own uninterrupted result (and the other way round)."""
+    task = _task("white_noise", 6, 6, jnp.float32)
+    stepper, hp = dy.OnlineSGD(task), dy.Hyperparameters(0.03)
+    weights = _weights((6, 6, 6), 3, jnp.float32)
+    recording = en.Recording([0, 10, 20, 30])
+    path = tmp_path / "run.ckpt"
+    for written, resumed in ((False, True), (True, False)):
+        layout = dict(chunk_steps=7)
+
+        def interrupt(done, total):
+            if done >= 14:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            en.simulate(stepper, weights, hp, jax.random.key(5), recording,
+                        layout=en.Layout(kernel=written, **layout), progress=interrupt,
+                        checkpoint=en.Checkpoint(path, every_seconds=0.0))
+        assert path.exists()
+        first = []
+        ds = en.simulate(stepper, weights, hp, jax.random.key(5), recording,
+                         layout=en.Layout(kernel=resumed, **layout),
+                         checkpoint=en.Checkpoint(path, every_seconds=0.0),
+                         progress=lambda done, total, first=first: first.append(done))
+        assert first[0] == 7, "resumed a checkpoint of the other implementation"
+        assert ds.attrs["step_kernel"] == ("compiled" if resumed else "xla")
+        assert not path.exists()

@@ -228,8 +228,10 @@ def _versus_before_cases(task, weights, lr, h, runs, quick, min_seconds, device,
     batched = tuple(jnp.broadcast_to(w[None], (runs,) + w.shape) + 0 for w in weights)
     before_layout = Layout(run_group=BEFORE_RUN_GROUP)
     sgd_steps = 2048 if quick else 4096
+    from .dynamics import kernels
+
     kernel_note = ("the compiled SGD kernel" if resolve_kernel(OnlineSGD(task), weights, "broadcast", True)
-                   == "kernel" else "no compiled kernel here: the XLA step")
+                   == "kernel" else f"the XLA step ({kernels.unavailable_reason() or 'no kernel'})")
     out = []
     for name, now, before, hp, steps, baseline in (
             ("online_sgd_vs_before", (OnlineSGD(task), None), (before_sgd(task), before_layout),

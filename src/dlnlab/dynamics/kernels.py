@@ -51,21 +51,24 @@ _TARGETS = {jnp.dtype(jnp.float32): "dlnlab_online_sgd_block_f32",
 
 
 @functools.cache
-def _registered() -> str | None:
-    """Registers the compiled handlers with XLA once; ``None`` when they cannot be used, else
-    ``""``. Unusable: the module was not built (no C++ compiler at install time), or this jax has
-    no ``jax.ffi``."""
+def _registered() -> str:
+    """Registers the compiled handlers with XLA once. ``""`` when they can run here, else why
+    not (one line): the module was not built (no C++ compiler at install time, not x86-64), the
+    CPU lacks AVX2 or FMA, this jax has no ``jax.ffi``, or this jaxlib is older than the one the
+    module was built against."""
     try:
         from . import _kernels
     except ImportError:
-        return None
+        return ("dlnlab.dynamics._kernels was not built (the install needs GCC on x86-64; see "
+                "the pip install log)")
     if not hasattr(jax, "ffi") or not hasattr(jax.ffi, "register_ffi_target"):
-        return None
+        return f"jax {jax.__version__} has no jax.ffi"
     import jaxlib
     if not _kernels.usable:
-        return None      # a CPU without AVX2 and FMA
+        return "this CPU has no AVX2 or no FMA"
     if _version(jaxlib.__version__) < _version(_kernels.jaxlib_version):
-        return None      # built against a newer XLA FFI than this jaxlib: not guaranteed to load
+        return (f"built against jaxlib {_kernels.jaxlib_version}, running jaxlib "
+                f"{jaxlib.__version__} (older): reinstall dlnlab")
     jax.ffi.register_ffi_target(_TARGETS[jnp.dtype(jnp.float32)], _kernels.online_sgd_block_f32,
                                 platform="cpu")
     jax.ffi.register_ffi_target(_TARGETS[jnp.dtype(jnp.float64)], _kernels.online_sgd_block_f64,
@@ -85,7 +88,12 @@ def _version(text: str) -> tuple[int, ...]:
 
 def available() -> bool:
     """Whether the compiled kernels can run here (built at install time and registered)."""
-    return _registered() is not None
+    return _registered() == ""
+
+
+def unavailable_reason() -> str:
+    """Why the compiled kernels cannot run here (one line), or ``""`` when they can."""
+    return _registered()
 
 
 def online_sgd_supports(task, batch_size: int, shapes, dtype) -> bool:

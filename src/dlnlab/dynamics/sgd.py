@@ -117,9 +117,9 @@ class OnlineSGD(Stepper):
     def block_kernel(self, shapes, dtype):
         """:func:`dlnlab.dynamics.kernels.online_sgd_block` where it takes the network (widths
         and batch size at most 32, float32 or float64, the compiled module built); never for a
-        subclass that redefines ``draw`` or ``apply`` (the kernel computes this class's step)."""
-        own = type(self).apply is OnlineSGD.apply and type(self).draw is OnlineSGD.draw
-        if not own or not kernels.online_sgd_supports(self.task, self.batch_size, shapes, dtype):
+        subclass (the kernel computes this class's own step and state)."""
+        if type(self) is not OnlineSGD or not kernels.online_sgd_supports(
+                self.task, self.batch_size, shapes, dtype):
             return None
 
         def kernel(z, state, hparams, first_step, valid_steps, threshold, diverged):

@@ -86,11 +86,12 @@ class Layout:
       it has one for the network (online SGD with broadcast products, widths and batch size
       at most 32, x86-64 CPUs with AVX2 and FMA: :mod:`dlnlab.dynamics.kernels`). It sums in
       index order, as the XLA step does for the paper's network (bit-identical there), and in
-      every run group alike; where XLA:CPU reorders a sum (label noise from width 24, widths
-      28-32) the two differ at float rounding, and only the kernel keeps a run's bits
-      independent of the number of runs. 1.2-1.3x the XLA step's speed at width 12
-      (docs/performance.md). ``False``: always the XLA step. The dataset records which ran
-      (``attrs["step_kernel"]``: ``"compiled"`` or ``"xla"``).
+      every run group alike; where XLA:CPU reorders a sum (measured on a Zen 4 CPU: label noise
+      at width 24, widths 28-32) the two differ at float rounding, and only the kernel kept a
+      run's bits independent of the number of runs. Checkpoints record which one wrote them.
+      1.2-1.3x the XLA step's speed at width 12 (docs/performance.md). ``False``: always the
+      XLA step. The dataset records which ran (``attrs["step_kernel"]``: ``"compiled"`` or
+      ``"xla"``).
     """
     block_steps: int = 64
     run_group: int | None = None

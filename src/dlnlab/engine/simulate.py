@@ -615,6 +615,8 @@ def simulate(stepper: Stepper, weights, hparams, key, recording, *, layout: Layo
     settings = (names, recording.coupled, str(dtype))
     if "batched" in products:       # broadcast-only checkpoints keep their earlier fingerprint
         settings += (tuple(_public_product(p) for p in products),)
+    if "kernel" in products:        # the two implementations can round differently: never mixed
+        settings += (("step_kernel", _step_kernel(products)),)
     fingerprint = _fingerprint(phases, weights, hp, words, steps, divergence_threshold, settings)
     ckpt = Path(checkpoint.path) if checkpoint is not None else None
     position, index = 0, 0

@@ -20,6 +20,10 @@
 // Lanes: a chunk is 32 bytes of runs (8 float32 or 4 float64 runs), every run its own lane, so a
 // run's arithmetic never depends on which or how many runs share its group.
 
+#if !defined(__x86_64__) || !defined(__GNUC__) || defined(__clang__)
+#error "dlnlab's kernels are written for GCC on x86-64 (AVX2 and FMA chosen at run time)"
+#endif
+
 #include <Python.h>
 #include <immintrin.h>
 
@@ -27,12 +31,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 
 #include "xla/ffi/api/ffi.h"
-
-#if !defined(__x86_64__) || !defined(__GNUC__) || defined(__clang__)
-#error "dlnlab's kernels are written for GCC on x86-64 (AVX2 and FMA chosen at run time)"
-#endif
 
 namespace ffi = xla::ffi;
 
@@ -346,7 +347,8 @@ inline __attribute__((always_inline)) bool run_chunk(const Problem& pb, const In
     const V value = splat<V>(T(0.5)) * loss * inverse_batch;
     if (!all_at_most(value, splat<V>(threshold)))   // NaN fails too (ordered comparison)
       for (int r = 0; r < W; ++r)
-        if (div[r] < 0 && !(value[r] <= threshold)) div[r] = pb.first_step + s;
+        if (div[r] < 0 && !(value[r] <= threshold))   // int32 step counter, wrapping as XLA's
+          div[r] = int32_t(uint32_t(pb.first_step) + uint32_t(s));
     for (int64_t e = 0; e < d_out * B; ++e) back[e] = back[e] * rate;
     V* next = wk + npos;
     for (int l = L - 1; l >= 0; --l) {
@@ -395,39 +397,62 @@ ffi::Error online_sgd_block(ffi::AnyBuffer teacher, ffi::AnyBuffer input_sqrt,
                             ffi::Result<ffi::Buffer<ffi::S32>> diverged_out,
                             ffi::RemainingRets weights_out, int64_t batch, bool whitened,
                             bool label_noise) {
-  Problem pb;
+  // Every input is checked before anything is written: a wrong shape or type is an error
+  // (raised in Python by XLA), never an out-of-bounds read.
+  constexpr ffi::DataType kType = sizeof(T) == 4 ? ffi::DataType::F32 : ffi::DataType::F64;
+  auto is = [&](const ffi::AnyBuffer& b, std::initializer_list<int64_t> shape) {
+    auto d = b.dimensions();
+    if (b.element_type() != kType || d.size() != shape.size()) return false;
+    size_t i = 0;
+    for (int64_t n : shape)
+      if (d[i++] != n) return false;
+    return true;
+  };
+  Problem pb{};
   pb.layers = int(weights_in.size());
   if (pb.layers < 1 || pb.layers > kMaxLayers || weights_out.size() != weights_in.size())
     return ffi::Error::InvalidArgument("online_sgd_block: 1 to 64 layers, as many outputs");
+  if (batch < 1) return ffi::Error::InvalidArgument("online_sgd_block: batch must be >= 1");
   pb.batch = batch;
   pb.runs = diverged_in.dimensions()[0];
-  auto zd = normals.dimensions();
-  if (zd.size() != 3 || zd[2] != pb.runs)
-    return ffi::Error::InvalidArgument("online_sgd_block: normals must be (steps, n, runs)");
-  pb.normals = zd[1];
   pb.whitened = whitened;
   pb.label_noise = label_noise;
-  pb.first_step = first_step.typed_data()[0];
-  pb.valid_steps = valid_steps.typed_data()[0];
-  if (pb.valid_steps < 0 || pb.valid_steps > zd[0])
-    return ffi::Error::InvalidArgument("online_sgd_block: valid steps out of range");
   T* weights[kMaxLayers];
+  void* sources[kMaxLayers];
+  size_t bytes[kMaxLayers];
   for (int l = 0; l < pb.layers; ++l) {
     auto w = weights_in.get<ffi::AnyBuffer>(l);
     auto out = weights_out.get<ffi::AnyBuffer>(l);
     if (!w.has_value() || !out.has_value())
       return ffi::Error::InvalidArgument("online_sgd_block: bad weight buffer");
     auto d = w->dimensions();
-    if (d.size() != 3 || d[2] != pb.runs)
+    if (d.size() != 3 || d[2] != pb.runs || w->element_type() != kType ||
+        (*out)->element_type() != kType || (*out)->size_bytes() != w->size_bytes())
       return ffi::Error::InvalidArgument("online_sgd_block: weights must be (d_l, d_l-1, runs)");
     if (l == 0) pb.dims[0] = d[1];
     if (d[1] != pb.dims[l])
       return ffi::Error::InvalidArgument("online_sgd_block: layer shapes do not chain");
     pb.dims[l + 1] = d[0];
-    void* dst = (*out)->untyped_data();
-    if (dst != w->untyped_data()) std::memcpy(dst, w->untyped_data(), w->size_bytes());
-    weights[l] = static_cast<T*>(dst);
+    weights[l] = static_cast<T*>((*out)->untyped_data());
+    sources[l] = w->untyped_data();
+    bytes[l] = w->size_bytes();
   }
+  const int64_t d_in = pb.dims[0], d_out = pb.dims[pb.layers];
+  auto zd = normals.dimensions();
+  const int64_t needed = (d_in + (label_noise ? d_out : 0)) * batch;
+  if (normals.element_type() != kType || zd.size() != 3 || zd[2] != pb.runs || zd[1] < needed)
+    return ffi::Error::InvalidArgument("online_sgd_block: normals must be (steps, n, runs)");
+  if (!is(teacher, {d_out, d_in}) || (!whitened && !is(input_sqrt, {d_in, d_in})) ||
+      (label_noise && !is(label_sqrt, {d_out, d_out})) || !is(learning_rate, {pb.runs}) ||
+      !is(threshold, {1}))
+    return ffi::Error::InvalidArgument("online_sgd_block: task matrices or rates of wrong shape");
+  pb.normals = zd[1];
+  pb.first_step = first_step.typed_data()[0];
+  pb.valid_steps = valid_steps.typed_data()[0];
+  if (pb.valid_steps < 0 || pb.valid_steps > zd[0])
+    return ffi::Error::InvalidArgument("online_sgd_block: valid steps out of range");
+  for (int l = 0; l < pb.layers; ++l)
+    if (weights[l] != sources[l]) std::memcpy(weights[l], sources[l], bytes[l]);
   int32_t* div = diverged_out->typed_data();
   if (div != diverged_in.typed_data()) std::memcpy(div, diverged_in.typed_data(), pb.runs * 4);
   Inputs in{teacher.untyped_data(),  input_sqrt.untyped_data(),    label_sqrt.untyped_data(),
