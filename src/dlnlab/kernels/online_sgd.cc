@@ -53,32 +53,22 @@ struct Lanes {
   static constexpr int kWidth = 32 / sizeof(T);
 };
 
+using Floats = Lanes<float>::V;
+using Doubles = Lanes<double>::V;
+#define DLNLAB_INLINE inline __attribute__((always_inline))
+
 // The multiply-adds of the XLA step, each rounded once: a b + c and c - a b. Explicit, and the file
 // is compiled with -ffp-contract=off, so no other operation is fused.
-inline __attribute__((always_inline)) Lanes<float>::V fmadd(Lanes<float>::V a, Lanes<float>::V b,
-                                                            Lanes<float>::V c) {
-  return _mm256_fmadd_ps(a, b, c);
-}
-inline __attribute__((always_inline)) Lanes<double>::V fmadd(Lanes<double>::V a,
-                                                             Lanes<double>::V b,
-                                                             Lanes<double>::V c) {
-  return _mm256_fmadd_pd(a, b, c);
-}
-inline __attribute__((always_inline)) Lanes<float>::V fnmadd(Lanes<float>::V a, Lanes<float>::V b,
-                                                             Lanes<float>::V c) {
-  return _mm256_fnmadd_ps(a, b, c);
-}
-inline __attribute__((always_inline)) Lanes<double>::V fnmadd(Lanes<double>::V a,
-                                                              Lanes<double>::V b,
-                                                              Lanes<double>::V c) {
-  return _mm256_fnmadd_pd(a, b, c);
-}
+DLNLAB_INLINE Floats fmadd(Floats a, Floats b, Floats c) { return _mm256_fmadd_ps(a, b, c); }
+DLNLAB_INLINE Doubles fmadd(Doubles a, Doubles b, Doubles c) { return _mm256_fmadd_pd(a, b, c); }
+DLNLAB_INLINE Floats fnmadd(Floats a, Floats b, Floats c) { return _mm256_fnmadd_ps(a, b, c); }
+DLNLAB_INLINE Doubles fnmadd(Doubles a, Doubles b, Doubles c) { return _mm256_fnmadd_pd(a, b, c); }
 
 // Whether a <= b in every lane (false for a lane with a NaN).
-inline __attribute__((always_inline)) bool all_at_most(Lanes<float>::V a, Lanes<float>::V b) {
+DLNLAB_INLINE bool all_at_most(Floats a, Floats b) {
   return _mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_LE_OQ)) == 0xFF;
 }
-inline __attribute__((always_inline)) bool all_at_most(Lanes<double>::V a, Lanes<double>::V b) {
+DLNLAB_INLINE bool all_at_most(Doubles a, Doubles b) {
   return _mm256_movemask_pd(_mm256_cmp_pd(a, b, _CMP_LE_OQ)) == 0xF;
 }
 
@@ -113,11 +103,11 @@ struct Problem {
   int32_t valid_steps;
 };
 
-// y[i][c] = sum_k m[i, k] x[k][c] (k = 0, 1, ... as FMAs from 0), m a plain (rows, cols) matrix;
-// x, y arrays of (cols, B) and (rows, B) lane vectors.
-template <typename V, typename T>
-inline __attribute__((always_inline)) void plain_product(const T* m, int64_t rows, int64_t cols,
-                                                         int64_t batch, const V* x, V* y) {
+// y[i][c] = sum_k m(i cols + k) x[k][c] (k = 0, 1, ... as FMAs from 0) for a (rows, cols)
+// matrix whose entry e is the lane vector m(e); x, y arrays of (cols, B) and (rows, B) vectors.
+template <typename V, typename Matrix>
+inline __attribute__((always_inline)) void product(Matrix m, int64_t rows, int64_t cols,
+                                                   int64_t batch, const V* x, V* y) {
   const V zero = V{};
   for (int64_t c = 0; c < batch; ++c) {
     int64_t i = 0;
@@ -126,40 +116,32 @@ inline __attribute__((always_inline)) void plain_product(const T* m, int64_t row
       for (int q = 0; q < kBlock; ++q) acc[q] = zero;
       for (int64_t k = 0; k < cols; ++k) {
         V a = x[k * batch + c];
-        for (int q = 0; q < kBlock; ++q) acc[q] = fmadd(splat<V>(m[(i + q) * cols + k]), a, acc[q]);
+        for (int q = 0; q < kBlock; ++q) acc[q] = fmadd(m((i + q) * cols + k), a, acc[q]);
       }
       for (int q = 0; q < kBlock; ++q) y[(i + q) * batch + c] = acc[q];
     }
     for (; i < rows; ++i) {
       V acc = zero;
-      for (int64_t k = 0; k < cols; ++k) acc = fmadd(splat<V>(m[i * cols + k]), x[k * batch + c], acc);
+      for (int64_t k = 0; k < cols; ++k) acc = fmadd(m(i * cols + k), x[k * batch + c], acc);
       y[i * batch + c] = acc;
     }
   }
 }
 
-// The same product with a per-run matrix w (rows, cols) of lane vectors.
+// The product with a plain matrix (the task's, the same for every run) ...
+template <typename V, typename T>
+inline __attribute__((always_inline)) void plain_product(const T* m, int64_t rows, int64_t cols,
+                                                         int64_t batch, const V* x, V* y) {
+  product<V>([m](int64_t e) __attribute__((always_inline)) { return splat<V>(m[e]); }, rows, cols,
+             batch, x, y);
+}
+
+// ... and with a per-run matrix w of lane vectors (a layer's weights).
 template <typename V>
 inline __attribute__((always_inline)) void run_product(const V* w, int64_t rows, int64_t cols,
                                                        int64_t batch, const V* x, V* y) {
-  const V zero = V{};
-  for (int64_t c = 0; c < batch; ++c) {
-    int64_t i = 0;
-    for (; i + kBlock <= rows; i += kBlock) {
-      V acc[kBlock];
-      for (int q = 0; q < kBlock; ++q) acc[q] = zero;
-      for (int64_t k = 0; k < cols; ++k) {
-        V a = x[k * batch + c];
-        for (int q = 0; q < kBlock; ++q) acc[q] = fmadd(w[(i + q) * cols + k], a, acc[q]);
-      }
-      for (int q = 0; q < kBlock; ++q) y[(i + q) * batch + c] = acc[q];
-    }
-    for (; i < rows; ++i) {
-      V acc = zero;
-      for (int64_t k = 0; k < cols; ++k) acc = fmadd(w[i * cols + k], x[k * batch + c], acc);
-      y[i * batch + c] = acc;
-    }
-  }
+  product<V>([w](int64_t e) __attribute__((always_inline)) { return w[e]; }, rows, cols, batch,
+             x, y);
 }
 
 // One layer's backward step: next[j][c] = sum_i w[i, j] back[i][c] (from the weights before
