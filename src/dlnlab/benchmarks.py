@@ -221,15 +221,19 @@ def _versus_before_cases(task, weights, lr, h, runs, quick, min_seconds, device,
     issue 15 (:mod:`dlnlab.benchmark_baseline`) in the layout the engine gave them then (run
     groups of :data:`BEFORE_RUN_GROUP`), same problem and key, timed in turn in this run."""
     from .benchmark_baseline import baseline_steppers
-    from .dynamics import AnisotropicLangevin, Hyperparameters, OnlineSGD, StepSizeHyperparameters
+    from .dynamics import (
+        AnisotropicLangevin,
+        Hyperparameters,
+        OnlineSGD,
+        StepSizeHyperparameters,
+        kernels,
+    )
     from .engine import Layout, advance_from, resolve_kernel
 
     before_sgd, before_sde = baseline_steppers()
     batched = tuple(jnp.broadcast_to(w[None], (runs,) + w.shape) + 0 for w in weights)
     before_layout = Layout(run_group=BEFORE_RUN_GROUP)
     sgd_steps = 2048 if quick else 4096
-    from .dynamics import kernels
-
     kernel_note = ("the compiled SGD kernel" if resolve_kernel(OnlineSGD(task), weights, "broadcast", True)
                    == "kernel" else f"the XLA step ({kernels.unavailable_reason() or 'no kernel'})")
     out = []

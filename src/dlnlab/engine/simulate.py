@@ -135,7 +135,7 @@ def _block_scan(stepper, words, hparams, carry, length_valid, block_steps, thres
     if product == "kernel":
         kernel = stepper.block_kernel(tuple(w.shape[:2] for w in state.weights), dtype)
         valid = jnp.int32(block_steps) if length_valid is None else length_valid
-        # The compiled kernel on CPU; the XLA scan on any other platform (same results).
+        # The compiled kernel on CPU; the XLA scan of the same step on any other platform.
         return jax.lax.platform_dependent(
             noise, state, diverged,
             cpu=lambda z, st, div: kernel(z, st, hparams, st.step, valid, threshold, div),
