@@ -1,4 +1,5 @@
-"""The compiled block kernel of online SGD (``dlnlab.dynamics.kernels``) against the XLA step.
+"""The compiled block kernels of online SGD and online momentum SGD (``dlnlab.dynamics.kernels``)
+against the XLA step.
 
 The kernel computes the XLA step's operations with the same fused multiply-adds, every sum in
 index order. Where XLA:CPU sums in index order too, the comparisons here are bit for bit: the
@@ -7,7 +8,9 @@ float64, for whitened and coloured inputs, with and without label noise, batch s
 uneven layers, and run counts that fill the vector lanes partially. A kernel that rounds one
 operation differently fails them (``test_a_kernel_that_rounds_differently_is_caught``). Where
 XLA reorders a sum (label noise from width 24 in small run groups, widths 28-32), the two agree
-at float rounding, and the kernel alone keeps a run's bits independent of its run group.
+at float rounding, and the kernel alone keeps a run's bits independent of its run group. Every
+comparison runs for both kernels (``method``: ``"sgd"``, ``"momentum"`` with a momentum of 0.7,
+whose products round).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from dlnlab import dynamics as dy
 from dlnlab import engine as en
 from dlnlab.core import Task
 from dlnlab.dynamics import kernels
+from dlnlab.dynamics.momentum import MomentumHyperparameters
 
 needs_kernel = pytest.mark.skipif(not kernels.available(),
                                   reason="dlnlab.dynamics._kernels was not built (no C++ compiler)")
@@ -66,6 +70,18 @@ def _weights(widths, runs, dtype, scale=0.4):
         for i in range(len(widths) - 1))
 
 
+def _method(method, task, batch=1, rate=0.03):
+    """The stepper of ``method`` and its hyperparameters: momentum 0.7 with the learning rate
+    ``0.3 rate``, so that its effective rate ``eta / (1 - mu)`` is SGD's."""
+    if method == "sgd":
+        return dy.OnlineSGD(task, batch_size=batch), dy.Hyperparameters(rate, float(batch))
+    return (dy.MomentumSGD(task, batch_size=batch),
+            MomentumHyperparameters(0.3 * rate, float(batch), 0.7))
+
+
+METHODS = ["sgd", "momentum"]
+
+
 def _run(stepper, weights, hp, kernel, steps=70, observables=("parameters", "loss"), **layout):
     recording = en.Recording([0, steps // 2, steps], observables=list(observables))
     return en.simulate(stepper, weights, hp, jax.random.key(5), recording,
@@ -91,14 +107,14 @@ CASES = [
 
 
 @needs_kernel
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 @pytest.mark.parametrize("regime,widths,batch,runs", CASES)
-def test_kernel_gives_the_bits_of_the_xla_step(dtype, regime, widths, batch, runs):
+def test_kernel_gives_the_bits_of_the_xla_step(method, dtype, regime, widths, batch, runs):
     """70 steps (a 64-step block and a 6-step rest) with the kernel and with the XLA step: the
     same parameters and losses at every record, bit for bit, and the dataset says which ran."""
     task = _task(regime, widths[0], widths[-1], dtype)
-    stepper = dy.OnlineSGD(task, batch_size=batch)
-    hp = dy.Hyperparameters(0.03, float(batch))
+    stepper, hp = _method(method, task, batch)
     weights = _weights(widths, runs, dtype)
     compiled = _run(stepper, weights, hp, True, product="broadcast")
     xla = _run(stepper, weights, hp, False, product="broadcast")
@@ -106,20 +122,20 @@ def test_kernel_gives_the_bits_of_the_xla_step(dtype, regime, widths, batch, run
     assert compiled.attrs["layout_product"] == xla.attrs["layout_product"] == "broadcast"
     assert np.all(np.isfinite(compiled["parameters"].values))
     assert not np.array_equal(compiled["parameters"].values[:, -1], compiled["parameters"].values[:, 0])
-    _assert_same(compiled, xla, f"{regime} {widths} B={batch}")
+    _assert_same(compiled, xla, f"{method} {regime} {widths} B={batch}")
     np.testing.assert_array_equal(compiled["diverged_step"].values, xla["diverged_step"].values)
 
 
 @needs_kernel
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
-def test_diverging_runs_are_labelled_at_the_same_step(dtype):
+def test_diverging_runs_are_labelled_at_the_same_step(method, dtype):
     """Runs whose learning rate is far too large blow up to inf and NaN inside a block: the
     kernel labels them at the XLA step's step and keeps the other runs' bits."""
     task = _task("white", 12, 12, dtype)
-    stepper = dy.OnlineSGD(task)
     rates = np.full(10, 0.03)
     rates[[2, 7]] = [4.0, 40.0]
-    hp = dy.Hyperparameters(jnp.asarray(rates, dtype))
+    stepper, hp = _method(method, task, rate=jnp.asarray(rates, dtype))
     weights = _weights((12, 12, 12, 12), 10, dtype, scale=1.0)
     compiled = _run(stepper, weights, hp, True, steps=200)
     xla = _run(stepper, weights, hp, False, steps=200)
@@ -130,14 +146,15 @@ def test_diverging_runs_are_labelled_at_the_same_step(dtype):
 
 
 @needs_kernel
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("width,batch", [(12, 1), (24, 2), (32, 1)])
-def test_a_run_does_not_depend_on_its_group_or_the_number_of_runs(width, batch):
+def test_a_run_does_not_depend_on_its_group_or_the_number_of_runs(method, width, batch):
     """A run's bits are the same alone, among 3, 4 or 40 runs, in run groups of 1, 3, 4, 8 and
-    40, on one device or two. Width 24 with label noise and a batch of 2, and width 32, are where
-    the XLA step failed this on an AVX-512 CPU (groups of 1-4 runs against 8 or more)."""
+    40, on one device or two. Widths 24 (label noise, batch of 1 or 2) to 32 are where the XLA
+    step failed this on an AVX-512 CPU, for SGD and momentum SGD alike (groups of 1-4 runs against
+    8 or more, and groups of 8 against 40)."""
     task = _task("white_noise", width, width, jnp.float32)
-    stepper = dy.OnlineSGD(task, batch_size=batch)
-    hp = dy.Hyperparameters(0.03, float(batch))
+    stepper, hp = _method(method, task, batch)
     weights = _weights((width, width, width), 40, jnp.float32)
     reference = _run(stepper, weights, hp, True, product="broadcast")["parameters"].values
     assert np.all(np.isfinite(reference))
@@ -151,18 +168,18 @@ def test_a_run_does_not_depend_on_its_group_or_the_number_of_runs(width, batch):
 
 
 @needs_kernel
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("width,batch,runs", [(24, 2, 4), (30, 1, 8), (32, 3, 5)])
-def test_kernel_and_xla_step_agree_to_float_rounding_where_xla_reorders(width, batch, runs):
+def test_kernel_and_xla_step_agree_to_float_rounding_where_xla_reorders(method, width, batch, runs):
     """Where XLA:CPU sums ``W^T e`` in another order, two float64 steps of the kernel and of the
     XLA step agree to the conformance suite's rounding bound for reordered sums (relative 1e-12:
     a few ulps of 1.1e-16 per operation over ~10 chained operations), and a learning rate
     1e-9 larger (a real change) is outside it."""
     task = _task("white_noise", width, width, jnp.float64)
-    stepper = dy.OnlineSGD(task, batch_size=batch)
     weights = _weights((width, width, width), runs, jnp.float64)
 
     def params(kernel, rate=0.03):
-        hp = dy.Hyperparameters(rate, float(batch))
+        stepper, hp = _method(method, task, batch, rate)
         return _run(stepper, weights, hp, kernel, steps=2, product="broadcast")["parameters"].values
 
     compiled, xla = params(True), params(False)
@@ -194,10 +211,48 @@ def test_a_kernel_that_rounds_differently_is_caught(monkeypatch):
     jax.clear_caches()
 
 
+@needs_kernel
+def test_a_momentum_kernel_that_rounds_its_momentum_differently_is_caught(monkeypatch):
+    """The momentum comparison can fail too: a momentum one float32 ulp off changes the bits
+    (the velocity terms are compared, not only the SGD part)."""
+    task = _task("white", 12, 12, jnp.float32)
+    stepper, hp = _method("momentum", task)
+    weights = _weights((12, 12, 12, 12), 8, jnp.float32)
+    xla = _run(stepper, weights, hp, False)
+    original = kernels.online_momentum_block
+
+    def off_by_one_ulp(task, batch, weights, velocity, z, rate, momentum, *rest):
+        return original(task, batch, weights, velocity, z, rate, jnp.nextafter(momentum, jnp.inf),
+                        *rest)
+
+    monkeypatch.setattr(kernels, "online_momentum_block", off_by_one_ulp)
+    jax.clear_caches()
+    wrong = _run(stepper, weights, hp, True)
+    assert wrong.attrs["step_kernel"] == "compiled"
+    assert not np.array_equal(wrong["parameters"].values, xla["parameters"].values)
+    monkeypatch.undo()
+    jax.clear_caches()
+
+
+@needs_kernel
+@pytest.mark.parametrize("batch", [1, 3])
+def test_momentum_zero_gives_the_bits_of_sgd(batch):
+    """With a momentum of 0 the momentum kernel takes SGD's steps exactly (``fma(0, v, w - U) =
+    w - U``), as the XLA steps do."""
+    task = _task("white_noise", 12, 12, jnp.float32)
+    weights = _weights((12, 12, 12, 12), 9, jnp.float32)
+    sgd = _run(dy.OnlineSGD(task, batch_size=batch), weights,
+               dy.Hyperparameters(0.03, float(batch)), True)
+    momentum = _run(dy.MomentumSGD(task, batch_size=batch), weights,
+                    MomentumHyperparameters(0.03, float(batch), 0.0), True)
+    assert sgd.attrs["step_kernel"] == momentum.attrs["step_kernel"] == "compiled"
+    np.testing.assert_array_equal(momentum["parameters"].values, sgd["parameters"].values)
+
+
 def test_where_the_kernel_applies():
-    """Online SGD with broadcast products on a network at most 32 wide and a batch of at most
-    32; never for batched products, offline SGD, other steppers, a subclass with its own step,
-    or ``Layout(kernel=False)``."""
+    """Online SGD and online momentum SGD with broadcast products on a network at most 32 wide
+    and a batch of at most 32; never for batched products, offline SGD or momentum, other
+    steppers, a subclass with its own step, or ``Layout(kernel=False)``."""
     task = _task("white", 12, 12, jnp.float32)
     weights = _weights((12, 12, 12), 2, jnp.float32)
     expected = "kernel" if kernels.available() else "broadcast"
@@ -216,6 +271,19 @@ def test_where_the_kernel_applies():
     assert en.resolve_kernel(dy.AnisotropicLangevin(task), weights, "broadcast", True) == "broadcast"
     offline = task.with_data(jax.random.key(2), 16)
     assert en.resolve_kernel(dy.OfflineSGD(offline), weights, "broadcast", True) == "broadcast"
+    assert en.resolve_kernel(dy.MomentumSGD(task, batch_size=4), weights, "broadcast",
+                             True) == expected
+    assert en.resolve_kernel(dy.MomentumSGD(task), weights, "broadcast", False) == "broadcast"
+    assert en.resolve_kernel(dy.MomentumSGD(task, batch_size=33), weights, "broadcast",
+                             True) == "broadcast"
+    assert en.resolve_kernel(dy.MomentumSGD(offline), weights, "broadcast", True) == "broadcast"
+    assert en.resolve_kernel(dy.MomentumSGD(offline, replacement=False), weights, "broadcast",
+                             True) == "broadcast"
+
+    class TracedMomentum(dy.MomentumSGD):
+        pass
+
+    assert en.resolve_kernel(TracedMomentum(task), weights, "broadcast", True) == "broadcast"
 
     class NoisierSGD(dy.OnlineSGD):
         def apply(self, words, z, state, hparams):
@@ -236,15 +304,17 @@ def test_layout_kernel_must_be_a_bool():
 
 
 @needs_kernel
-def test_other_platforms_lower_to_the_xla_step():
+@pytest.mark.parametrize("method", METHODS)
+def test_other_platforms_lower_to_the_xla_step(method):
     """The engine's program for a GPU (lowered here without one) scans the XLA step: no call of
     the CPU kernel, whose handler exists for the CPU only; the CPU program calls it."""
     simulate_module = importlib.import_module("dlnlab.engine.simulate")
     task = _task("white", 12, 12, jnp.float32)
-    stepper = dy.OnlineSGD(task)
+    stepper, hp = _method(method, task)
     weights = tuple(jnp.zeros((12, 12, 8), jnp.float32) for _ in range(3))
+    hp = jax.tree_util.tree_map(lambda x: jnp.full((8,), x, jnp.float32), hp)
     args = (stepper.init(weights), jnp.full((8,), -1, jnp.int32), jnp.zeros((2, 8), jnp.uint32),
-            dy.Hyperparameters(jnp.full((8,), 0.01, jnp.float32)), jnp.int32(10))
+            hp, jnp.int32(10))
 
     def advance(state, diverged, words, hparams, steps):
         return simulate_module._advance(stepper, state, diverged, words, hparams, steps, 64, 8,
@@ -253,8 +323,9 @@ def test_other_platforms_lower_to_the_xla_step():
     traced = jax.jit(advance).trace(*args)
     programs = {platform: traced.lower(lowering_platforms=(platform,)).as_text()
                 for platform in ("cpu", "cuda")}
-    assert "dlnlab_online_sgd_block" in programs["cpu"]
-    assert "dlnlab_online_sgd_block" not in programs["cuda"]
+    target = f"dlnlab_online_{method}_block"
+    assert target in programs["cpu"]
+    assert target not in programs["cuda"]
     assert "stablehlo.while" in programs["cuda"]
 
 
@@ -275,6 +346,14 @@ def test_wrong_shapes_are_errors_not_reads_out_of_bounds():
         jax.block_until_ready(kernels.online_sgd_block(task, 2, weights, z, rate, 1e8, 0, 4, div))
     with pytest.raises(Exception, match="online_sgd_block: valid steps out of range"):
         jax.block_until_ready(kernels.online_sgd_block(task, 1, weights, z, rate, 1e8, 0, 5, div))
+    velocity = tuple(jnp.zeros_like(w) for w in weights)
+    mu = jnp.full((8,), 0.5, jnp.float32)
+    moved = kernels.online_momentum_block(task, 1, weights, velocity, z, rate, mu, 1e8, 0, 4, div)
+    assert len(moved[0]) == len(moved[1]) == 2
+    with pytest.raises(Exception, match="online_momentum_block: layer shapes do not chain"):
+        jax.block_until_ready(kernels.online_momentum_block(
+            task, 1, weights, (velocity[0], jnp.zeros((6, 5, 8), jnp.float32)), z, rate, mu, 1e8,
+            0, 4, div))
 
 
 @needs_kernel

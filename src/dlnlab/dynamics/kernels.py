@@ -9,10 +9,11 @@ sum in index order.
 
 Bits. Where XLA:CPU also sums in index order, which it does for the paper's network and every
 case ``tests/test_kernels.py`` compares, a run's results are bit-identical to the XLA step's
-(float32 and float64). In some fusion contexts XLA vectorises the backward product ``W^T e`` in
-another order (measured on an AVX-512 CPU: online SGD with label noise from width 24 in run
-groups of 1-4 runs, and widths 28-32), and there its order also changed with the run-group size,
-so a run's bits depended on how many runs were simulated with it. The kernel's order never
+(float32 and float64). From width 24 XLA:CPU's fusion and vectorisation of the step change with
+the arrays' sizes, and with them which products it rounds and in what order (measured on an
+AVX-512 CPU: online SGD and momentum SGD with label noise at widths 24-32, a run alone or among 3
+or 4 against 40, run groups of 8 against 40), so a run's bits depended on how many runs were
+simulated with it (docs/architecture.md, "Results never depend on the batching"). The kernel's order never
 depends on the group (each run is a vector lane), so with the kernel a run's bits are the same
 for any number of runs; against the XLA step they then differ at float rounding.
 
@@ -22,9 +23,11 @@ The engine uses a kernel on CPU when the stepper offers one for the network
 compiled module) it scans the stepper's ``apply`` as before. Datasets record which ran
 (``attrs["step_kernel"]``: ``"compiled"`` or ``"xla"``).
 
-Kernels here: :func:`online_sgd_block` (:class:`~dlnlab.dynamics.OnlineSGD`, widths at most
-:data:`KERNEL_MAX_WIDTH` = 32, batch size at most :data:`KERNEL_MAX_BATCH` = 32, float32 and
-float64; x86-64 CPUs with AVX2 and FMA).
+Kernels here (one C++ source, ``src/dlnlab/kernels/online_sgd.cc``): :func:`online_sgd_block`
+(:class:`~dlnlab.dynamics.OnlineSGD`) and :func:`online_momentum_block` (online
+:class:`~dlnlab.dynamics.MomentumSGD`), both for widths at most :data:`KERNEL_MAX_WIDTH` = 32,
+batch size at most :data:`KERNEL_MAX_BATCH` = 32, float32 and float64, on x86-64 CPUs with AVX2
+and FMA (:func:`online_sgd_supports`).
 """
 
 from __future__ import annotations
@@ -46,8 +49,11 @@ KERNEL_MAX_BATCH = BROADCAST_MAX_WIDTH
 #: Most layers a kernel takes.
 KERNEL_MAX_LAYERS = 64
 
-_TARGETS = {jnp.dtype(jnp.float32): "dlnlab_online_sgd_block_f32",
-            jnp.dtype(jnp.float64): "dlnlab_online_sgd_block_f64"}
+#: The compiled handlers: kernel name -> dtype -> XLA custom-call target (each the module's
+#: capsule of the target's name without the ``dlnlab_`` prefix).
+_TARGETS = {kernel: {jnp.dtype(jnp.float32): f"dlnlab_online_{kernel}_block_f32",
+                     jnp.dtype(jnp.float64): f"dlnlab_online_{kernel}_block_f64"}
+            for kernel in ("sgd", "momentum")}
 
 
 @functools.cache
@@ -69,10 +75,10 @@ def _registered() -> str:
     if _version(jaxlib.__version__) < _version(_kernels.jaxlib_version):
         return (f"built against jaxlib {_kernels.jaxlib_version}, running jaxlib "
                 f"{jaxlib.__version__} (older): reinstall dlnlab")
-    jax.ffi.register_ffi_target(_TARGETS[jnp.dtype(jnp.float32)], _kernels.online_sgd_block_f32,
-                                platform="cpu")
-    jax.ffi.register_ffi_target(_TARGETS[jnp.dtype(jnp.float64)], _kernels.online_sgd_block_f64,
-                                platform="cpu")
+    for targets in _TARGETS.values():
+        for target in targets.values():
+            jax.ffi.register_ffi_target(target, getattr(_kernels, target.removeprefix("dlnlab_")),
+                                        platform="cpu")
     return ""
 
 
@@ -97,10 +103,11 @@ def unavailable_reason() -> str:
 
 
 def online_sgd_supports(task, batch_size: int, shapes, dtype) -> bool:
-    """Whether :func:`online_sgd_block` takes this problem: weights ``shapes`` ``(d_l, d_{l-1},
-    ...)`` at most :data:`KERNEL_MAX_WIDTH` wide, at most :data:`KERNEL_MAX_LAYERS` layers,
-    ``batch_size <=`` :data:`KERNEL_MAX_BATCH`, an online task, float32 or float64, and a built module."""
-    return (available() and task.online and jnp.dtype(dtype) in _TARGETS
+    """Whether :func:`online_sgd_block` and :func:`online_momentum_block` take this problem:
+    weights ``shapes`` ``(d_l, d_{l-1}, ...)`` at most :data:`KERNEL_MAX_WIDTH` wide, at most
+    :data:`KERNEL_MAX_LAYERS` layers, ``batch_size <=`` :data:`KERNEL_MAX_BATCH`, an online task,
+    float32 or float64, and a built module."""
+    return (available() and task.online and jnp.dtype(dtype) in _TARGETS["sgd"]
             and 1 <= len(shapes) <= KERNEL_MAX_LAYERS and 1 <= batch_size <= KERNEL_MAX_BATCH
             and all(max(s[0], s[1]) <= KERNEL_MAX_WIDTH for s in shapes))
 
@@ -122,22 +129,47 @@ def online_sgd_block(task, batch_size: int, weights, normals, learning_rate, thr
 
     Call only where :func:`online_sgd_supports` holds, inside a computation compiled for the CPU
     (the engine does it through ``jax.lax.platform_dependent``)."""
-    dtype = jnp.dtype(weights[0].dtype)
+    out, diverged = _online_block("sgd", task, batch_size, tuple(weights), normals, learning_rate,
+                                  None, threshold, first_step, valid_steps, diverged)
+    return out, diverged
+
+
+def online_momentum_block(task, batch_size: int, weights, velocity, normals, learning_rate,
+                          momentum, threshold, first_step, valid_steps, diverged):
+    """``(weights, velocity, diverged)`` after the first ``valid_steps`` steps of a block of
+    online heavy-ball momentum SGD (``MomentumSGD.apply``: ``v <- mu v - U``, ``theta <- (theta
+    - U) + mu v`` with ``U`` the SGD update; docs/theory.md), with the arguments of
+    :func:`online_sgd_block` and ``velocity`` (like ``weights``) and ``momentum`` ``(R,)``.
+    Where :func:`online_sgd_supports` holds."""
+    layers = len(weights)
+    out, diverged = _online_block("momentum", task, batch_size, tuple(weights) + tuple(velocity),
+                                  normals, learning_rate, momentum, threshold, first_step,
+                                  valid_steps, diverged)
+    return out[:layers], out[layers:], diverged
+
+
+def _online_block(kernel, task, batch_size, state, normals, learning_rate, momentum, threshold,
+                  first_step, valid_steps, diverged):
+    """The custom call of one of the compiled online kernels: ``(state, diverged)``, ``state``
+    the layers' weights (then their velocities, with momentum) updated in place."""
+    dtype = jnp.dtype(state[0].dtype)
     runs = diverged.shape[0]
     one = jnp.zeros((1, 1), dtype)
     input_sqrt = one if task.whitened else jnp.asarray(task.input_sqrt, dtype)
     label = task.label_covariance is not None
     label_sqrt = jnp.asarray(task.label_sqrt, dtype) if label else one
+    rate = jnp.broadcast_to(jnp.asarray(learning_rate, dtype), (runs,))
+    mu = (jnp.zeros((1,), dtype) if momentum is None
+          else jnp.broadcast_to(jnp.asarray(momentum, dtype), (runs,)))
     outputs = (jax.ShapeDtypeStruct((runs,), jnp.int32),) + tuple(
-        jax.ShapeDtypeStruct(w.shape, dtype) for w in weights)
-    first = 9                               # positional inputs before the weights
-    call = jax.ffi.ffi_call(_TARGETS[dtype], outputs, vmap_method="sequential",
-                            input_output_aliases={first - 1 + i: i for i in range(len(weights) + 1)})
+        jax.ShapeDtypeStruct(w.shape, dtype) for w in state)
+    first = 10                              # positional inputs before the state
+    call = jax.ffi.ffi_call(_TARGETS[kernel][dtype], outputs, vmap_method="sequential",
+                            input_output_aliases={first - 1 + i: i for i in range(len(state) + 1)})
     out = call(jnp.asarray(task.teacher, dtype), input_sqrt, label_sqrt, normals.astype(dtype),
-               jnp.broadcast_to(jnp.asarray(learning_rate, dtype), (runs,)),
-               jnp.reshape(jnp.asarray(threshold, dtype), (1,)),
+               rate, mu, jnp.reshape(jnp.asarray(threshold, dtype), (1,)),
                jnp.reshape(jnp.asarray(first_step, jnp.int32), (1,)),
                jnp.reshape(jnp.asarray(valid_steps, jnp.int32), (1,)),
-               diverged.astype(jnp.int32), *weights,
+               diverged.astype(jnp.int32), *state,
                batch=np.int64(batch_size), whitened=bool(task.whitened), label_noise=label)
     return tuple(out[1:]), out[0]

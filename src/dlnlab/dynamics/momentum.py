@@ -18,7 +18,7 @@ from pydantic import Field
 from .. import _validation as v
 from .._types import Array
 from . import _ops as ops
-from . import sgd
+from . import kernels, sgd
 from .base import Info, Stepper, cast, dtype_of
 from .method import ConformanceCase, Method, MethodSettings, Section
 
@@ -67,6 +67,23 @@ class MomentumSGD(Stepper):
         if self.task.online:
             return sgd.online_draw(self.task, self.batch_size, words, steps, dtype)
         return sgd.offline_draw(self.batch_size, self.replacement, words, steps)
+
+    def block_kernel(self, shapes, dtype):
+        """:func:`dlnlab.dynamics.kernels.online_momentum_block` online where it takes the network
+        (as :meth:`~dlnlab.dynamics.OnlineSGD.block_kernel`: widths and batch size at most 32,
+        float32 or float64, the compiled module built); never offline or for a subclass."""
+        if type(self) is not MomentumSGD or not kernels.online_sgd_supports(
+                self.task, self.batch_size, shapes, dtype):
+            return None
+
+        def kernel(z, state, hparams, first_step, valid_steps, threshold, diverged):
+            dtype = dtype_of(state)
+            weights, velocity, diverged = kernels.online_momentum_block(
+                self.task, self.batch_size, state.weights, state.velocity, z,
+                cast(hparams.learning_rate, dtype), cast(hparams.momentum, dtype), threshold,
+                first_step, valid_steps, diverged)
+            return MomentumState(weights, state.step + valid_steps, velocity, None), diverged
+        return kernel
 
     def apply(self, words, noise, state, hparams):
         dtype = dtype_of(state)

@@ -1,9 +1,11 @@
-// Online SGD on a deep linear network: a whole block of steps for a group of runs in one call.
+// Online SGD on a deep linear network, plain or with heavy-ball momentum: a whole block of steps
+// for a group of runs in one call.
 //
-// The engine's compiled block kernel for dlnlab.dynamics.OnlineSGD (docs/architecture.md,
-// "Compiled block kernels"; docs/performance.md), registered with XLA through its FFI (jax.ffi)
-// by dlnlab.dynamics.kernels. It computes the operations of the XLA step
-// (dlnlab.dynamics._ops.minibatch_updates with runs on the trailing axis) with the same
+// The engine's compiled block kernels for dlnlab.dynamics.OnlineSGD and MomentumSGD online
+// (docs/architecture.md, "Compiled block kernels"; docs/performance.md), registered with XLA
+// through its FFI (jax.ffi) by dlnlab.dynamics.kernels. It computes the operations of the XLA
+// step (dlnlab.dynamics._ops.minibatch_updates with runs on the trailing axis, and
+// MomentumSGD.apply's velocity and weight updates) with the same
 // multiply-adds fused (explicit FMA instructions where XLA:CPU emits them, and -ffp-contract=off
 // so nothing else is fused), the same division by the batch size (times its rounded reciprocal),
 // and every sum in index order. Where XLA:CPU sums in index order too, a run's weights are
@@ -32,6 +34,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <initializer_list>
+#include <string>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -63,6 +66,9 @@ DLNLAB_INLINE Floats fmadd(Floats a, Floats b, Floats c) { return _mm256_fmadd_p
 DLNLAB_INLINE Doubles fmadd(Doubles a, Doubles b, Doubles c) { return _mm256_fmadd_pd(a, b, c); }
 DLNLAB_INLINE Floats fnmadd(Floats a, Floats b, Floats c) { return _mm256_fnmadd_ps(a, b, c); }
 DLNLAB_INLINE Doubles fnmadd(Doubles a, Doubles b, Doubles c) { return _mm256_fnmadd_pd(a, b, c); }
+// a b - c, rounded once (momentum's velocity).
+DLNLAB_INLINE Floats fmsub(Floats a, Floats b, Floats c) { return _mm256_fmsub_ps(a, b, c); }
+DLNLAB_INLINE Doubles fmsub(Doubles a, Doubles b, Doubles c) { return _mm256_fmsub_pd(a, b, c); }
 
 // Whether a <= b in every lane (false for a lane with a NaN).
 DLNLAB_INLINE bool all_at_most(Floats a, Floats b) {
@@ -145,12 +151,17 @@ inline __attribute__((always_inline)) void run_product(const V* w, int64_t rows,
 }
 
 // One layer's backward step: next[j][c] = sum_i w[i, j] back[i][c] (from the weights before
-// the update; only when `propagate`) and w[i, j] <- w[i, j] - sum_c back[i][c] a[j][c] (the batch
-// sum as a left fold, _ops.batch_outer_sum; for B = 1 one fused multiply-subtract).
-template <typename V>
-inline __attribute__((always_inline)) void backward_layer(V* w, int64_t rows, int64_t cols,
-                                                          int64_t batch, const V* back,
-                                                          const V* a, V* next, bool propagate) {
+// the update; only when `propagate`) and, with the update U[i, j] = sum_c back[i][c] a[j][c] (the
+// batch sum as a left fold, _ops.batch_outer_sum):
+// - SGD: w <- w - U (for B = 1 one fused multiply-subtract);
+// - heavy-ball momentum (MomentumSGD.apply): w <- fma(mu, v, w - U) and v <- fma(mu, v, -U), as
+//   XLA:CPU fuses (w - U) + mu v and mu v - U (for B = 1 w - U is again one fused
+//   multiply-subtract, and U = back a is rounded once for the velocity).
+template <typename V, bool Momentum>
+inline __attribute__((always_inline)) void backward_layer(V* w, V* vel, V mu, int64_t rows,
+                                                          int64_t cols, int64_t batch,
+                                                          const V* back, const V* a, V* next,
+                                                          bool propagate) {
   const V zero = V{};
   if (batch == 1) {
     int64_t j = 0;
@@ -166,7 +177,14 @@ inline __attribute__((always_inline)) void backward_layer(V* w, int64_t rows, in
         for (int q = 0; q < kBlock; ++q) {
           V wv = p[q];
           acc[q] = fmadd(wv, b, acc[q]);
-          p[q] = fnmadd(b, aj[q], wv);
+          if (Momentum) {
+            V* pv = vel + i * cols + j;
+            V vv = pv[q];
+            p[q] = fmadd(mu, vv, fnmadd(b, aj[q], wv));
+            pv[q] = fmsub(mu, vv, b * aj[q]);
+          } else {
+            p[q] = fnmadd(b, aj[q], wv);
+          }
         }
       }
       if (propagate)
@@ -178,7 +196,13 @@ inline __attribute__((always_inline)) void backward_layer(V* w, int64_t rows, in
         V b = back[i];
         V wv = w[i * cols + j];
         acc = fmadd(wv, b, acc);
-        w[i * cols + j] = fnmadd(b, aj, wv);
+        if (Momentum) {
+          V vv = vel[i * cols + j];
+          w[i * cols + j] = fmadd(mu, vv, fnmadd(b, aj, wv));
+          vel[i * cols + j] = fmsub(mu, vv, b * aj);
+        } else {
+          w[i * cols + j] = fnmadd(b, aj, wv);
+        }
       }
       if (propagate) next[j] = acc;
     }
@@ -197,7 +221,13 @@ inline __attribute__((always_inline)) void backward_layer(V* w, int64_t rows, in
       V update = bi[1] * aj[1];
       update = fmadd(bi[0], aj[0], update);
       for (int64_t c = 2; c < batch; ++c) update = fmadd(bi[c], aj[c], update);
-      w[i * cols + j] = wv - update;
+      if (Momentum) {
+        V vv = vel[i * cols + j];
+        w[i * cols + j] = fmadd(mu, vv, wv - update);
+        vel[i * cols + j] = fmsub(mu, vv, update);
+      } else {
+        w[i * cols + j] = wv - update;
+      }
     }
   }
 }
@@ -247,14 +277,16 @@ struct Inputs {
   const void* label_sqrt;
   const void* normals;
   const void* learning_rate;
+  const void* momentum;  // (R,) with momentum, else unused
   double threshold;
 };
 
 // All steps of the block for the runs [offset, offset + lanes) (lanes <= the vector width; the
 // other lanes compute on zeros and are not written back).
-template <typename T>
+template <typename T, bool Momentum>
 inline __attribute__((always_inline)) bool run_chunk(const Problem& pb, const Inputs& in,
-                                                     T* const* weights, int32_t* diverged,
+                                                     T* const* weights, T* const* velocity,
+                                                     int32_t* diverged,
                                                      int64_t offset, int lanes,
                                                      Work& work) {
   using V = typename Lanes<T>::V;
@@ -264,12 +296,17 @@ inline __attribute__((always_inline)) bool run_chunk(const Problem& pb, const In
   const int64_t d_in = pb.dims[0], d_out = pb.dims[L];
 
 
-  // Work storage: the chunk's weights, then activations, targets, errors, the next error.
+  // Work storage: the chunk's weights (and velocities), then activations, targets, errors, the
+  // next error.
   int64_t widest = 0, total = 0;
-  int64_t wpos[kMaxLayers + 1];
+  int64_t wpos[kMaxLayers + 1], vpos[kMaxLayers + 1];
   for (int l = 0; l < L; ++l) {
     wpos[l] = total;
     total += pb.dims[l + 1] * pb.dims[l];
+  }
+  for (int l = 0; l < L; ++l) {
+    vpos[l] = total;
+    if (Momentum) total += pb.dims[l + 1] * pb.dims[l];
   }
   for (int l = 0; l <= L; ++l) widest = widest > pb.dims[l] ? widest : pb.dims[l];
   int64_t apos[kMaxLayers + 2];
@@ -287,10 +324,14 @@ inline __attribute__((always_inline)) bool run_chunk(const Problem& pb, const In
     const int64_t count = pb.dims[l + 1] * pb.dims[l];
     for (int64_t e = 0; e < count; ++e)
       wk[wpos[l] + e] = gather<V>(weights[l] + e * R + offset, lanes);
+    if (Momentum)
+      for (int64_t e = 0; e < count; ++e)
+        wk[vpos[l] + e] = gather<V>(velocity[l] + e * R + offset, lanes);
   }
   // lr / B and loss / B as XLA computes them: times the rounded reciprocal 1 / B.
   const T inverse_batch = T(1) / T(B);
   const V rate = gather<V>(static_cast<const T*>(in.learning_rate) + offset, lanes) * inverse_batch;
+  const V mu = Momentum ? gather<V>(static_cast<const T*>(in.momentum) + offset, lanes) : V{};
   int32_t div[W];
   for (int r = 0; r < W; ++r) div[r] = r < lanes ? diverged[offset + r] : 0;
   const T threshold = T(in.threshold);
@@ -336,7 +377,8 @@ inline __attribute__((always_inline)) bool run_chunk(const Problem& pb, const In
     for (int l = L - 1; l >= 0; --l) {
       const int64_t rows = pb.dims[l + 1], cols = pb.dims[l];
       V* wl = wk + wpos[l];
-      backward_layer<V>(wl, rows, cols, B, back, wk + apos[l], next, l > 0);
+      backward_layer<V, Momentum>(wl, wk + vpos[l], mu, rows, cols, B, back, wk + apos[l], next,
+                                  l > 0);
       if (l == 0) break;
       // The XLA step orders this layer's update after its read through `_ops.after`: W - |v 0|
       // with v the next error's first element, which is W itself unless v is not finite; then
@@ -354,34 +396,44 @@ inline __attribute__((always_inline)) bool run_chunk(const Problem& pb, const In
     const int64_t count = pb.dims[l + 1] * pb.dims[l];
     for (int64_t e = 0; e < count; ++e)
       scatter<V>(weights[l] + e * R + offset, wk[wpos[l] + e], lanes);
+    if (Momentum)
+      for (int64_t e = 0; e < count; ++e)
+        scatter<V>(velocity[l] + e * R + offset, wk[vpos[l] + e], lanes);
   }
   for (int r = 0; r < lanes; ++r) diverged[offset + r] = div[r];
   return true;
 }
 
-template <typename T>
-bool run_block(const Problem& pb, const Inputs& in, T* const* weights, int32_t* diverged) {
+template <typename T, bool Momentum>
+bool run_block(const Problem& pb, const Inputs& in, T* const* weights, T* const* velocity,
+               int32_t* diverged) {
   constexpr int W = Lanes<T>::kWidth;
   Work work;
   for (int64_t offset = 0; offset < pb.runs; offset += W) {
     const int lanes = pb.runs - offset < W ? int(pb.runs - offset) : W;
-    if (!run_chunk<T>(pb, in, weights, diverged, offset, lanes, work)) return false;
+    if (!run_chunk<T, Momentum>(pb, in, weights, velocity, diverged, offset, lanes, work))
+      return false;
   }
   return true;
 }
 
-template <typename T>
-ffi::Error online_sgd_block(ffi::AnyBuffer teacher, ffi::AnyBuffer input_sqrt,
-                            ffi::AnyBuffer label_sqrt, ffi::AnyBuffer normals,
-                            ffi::AnyBuffer learning_rate, ffi::AnyBuffer threshold,
-                            ffi::Buffer<ffi::S32> first_step, ffi::Buffer<ffi::S32> valid_steps,
-                            ffi::Buffer<ffi::S32> diverged_in, ffi::RemainingArgs weights_in,
-                            ffi::Result<ffi::Buffer<ffi::S32>> diverged_out,
-                            ffi::RemainingRets weights_out, int64_t batch, bool whitened,
-                            bool label_noise) {
+// The handler of both kernels: online SGD (Momentum = false) and online heavy-ball momentum SGD.
+// Remaining arguments and results: the layers' weights, then (with momentum) their velocities.
+// `momentum`: (R,) with momentum, unused otherwise.
+template <typename T, bool Momentum>
+ffi::Error online_block(ffi::AnyBuffer teacher, ffi::AnyBuffer input_sqrt,
+                        ffi::AnyBuffer label_sqrt, ffi::AnyBuffer normals,
+                        ffi::AnyBuffer learning_rate, ffi::AnyBuffer momentum,
+                        ffi::AnyBuffer threshold, ffi::Buffer<ffi::S32> first_step,
+                        ffi::Buffer<ffi::S32> valid_steps, ffi::Buffer<ffi::S32> diverged_in,
+                        ffi::RemainingArgs state_in, ffi::Result<ffi::Buffer<ffi::S32>> diverged_out,
+                        ffi::RemainingRets state_out, int64_t batch, bool whitened,
+                        bool label_noise) {
   // Every input is checked before anything is written: a wrong shape or type is an error
   // (raised in Python by XLA), never an out-of-bounds read.
   constexpr ffi::DataType kType = sizeof(T) == 4 ? ffi::DataType::F32 : ffi::DataType::F64;
+  constexpr int kParts = Momentum ? 2 : 1;  // weights (and velocities) per layer
+  const std::string name = Momentum ? "online_momentum_block: " : "online_sgd_block: ";
   auto is = [&](const ffi::AnyBuffer& b, std::initializer_list<int64_t> shape) {
     auto d = b.dimensions();
     if (b.element_type() != kType || d.size() != shape.size()) return false;
@@ -391,57 +443,62 @@ ffi::Error online_sgd_block(ffi::AnyBuffer teacher, ffi::AnyBuffer input_sqrt,
     return true;
   };
   Problem pb{};
-  pb.layers = int(weights_in.size());
-  if (pb.layers < 1 || pb.layers > kMaxLayers || weights_out.size() != weights_in.size())
-    return ffi::Error::InvalidArgument("online_sgd_block: 1 to 64 layers, as many outputs");
-  if (batch < 1) return ffi::Error::InvalidArgument("online_sgd_block: batch must be >= 1");
+  const size_t buffers = state_in.size();
+  pb.layers = int(buffers / kParts);
+  if (pb.layers < 1 || pb.layers > kMaxLayers || buffers % kParts != 0 ||
+      state_out.size() != buffers)
+    return ffi::Error::InvalidArgument(
+        name + "1 to 64 layers (weights, then velocities with momentum), as many outputs");
+  if (batch < 1) return ffi::Error::InvalidArgument(name + "batch must be >= 1");
   pb.batch = batch;
   pb.runs = diverged_in.dimensions()[0];
   pb.whitened = whitened;
   pb.label_noise = label_noise;
-  T* weights[kMaxLayers];
-  void* sources[kMaxLayers];
-  size_t bytes[kMaxLayers];
-  for (int l = 0; l < pb.layers; ++l) {
-    auto w = weights_in.get<ffi::AnyBuffer>(l);
-    auto out = weights_out.get<ffi::AnyBuffer>(l);
+  T* state[2 * kMaxLayers];
+  void* sources[2 * kMaxLayers];
+  size_t bytes[2 * kMaxLayers];
+  for (size_t b = 0; b < buffers; ++b) {
+    const int l = int(b % pb.layers);
+    auto w = state_in.get<ffi::AnyBuffer>(b);
+    auto out = state_out.get<ffi::AnyBuffer>(b);
     if (!w.has_value() || !out.has_value())
-      return ffi::Error::InvalidArgument("online_sgd_block: bad weight buffer");
+      return ffi::Error::InvalidArgument(name + "bad weight buffer");
     auto d = w->dimensions();
     if (d.size() != 3 || d[2] != pb.runs || w->element_type() != kType ||
         (*out)->element_type() != kType || (*out)->size_bytes() != w->size_bytes())
-      return ffi::Error::InvalidArgument("online_sgd_block: weights must be (d_l, d_l-1, runs)");
-    if (l == 0) pb.dims[0] = d[1];
-    if (d[1] != pb.dims[l])
-      return ffi::Error::InvalidArgument("online_sgd_block: layer shapes do not chain");
-    pb.dims[l + 1] = d[0];
-    weights[l] = static_cast<T*>((*out)->untyped_data());
-    sources[l] = w->untyped_data();
-    bytes[l] = w->size_bytes();
+      return ffi::Error::InvalidArgument(name + "weights must be (d_l, d_l-1, runs)");
+    if (b == 0) pb.dims[0] = d[1];
+    if (b < size_t(pb.layers)) pb.dims[l + 1] = d[0];
+    if (d[1] != pb.dims[l] || d[0] != pb.dims[l + 1])
+      return ffi::Error::InvalidArgument(name + "layer shapes do not chain");
+    state[b] = static_cast<T*>((*out)->untyped_data());
+    sources[b] = w->untyped_data();
+    bytes[b] = w->size_bytes();
   }
   const int64_t d_in = pb.dims[0], d_out = pb.dims[pb.layers];
   auto zd = normals.dimensions();
   const int64_t needed = (d_in + (label_noise ? d_out : 0)) * batch;
   if (normals.element_type() != kType || zd.size() != 3 || zd[2] != pb.runs || zd[1] < needed)
-    return ffi::Error::InvalidArgument("online_sgd_block: normals must be (steps, n, runs)");
+    return ffi::Error::InvalidArgument(name + "normals must be (steps, n, runs)");
   if (!is(teacher, {d_out, d_in}) || (!whitened && !is(input_sqrt, {d_in, d_in})) ||
       (label_noise && !is(label_sqrt, {d_out, d_out})) || !is(learning_rate, {pb.runs}) ||
-      !is(threshold, {1}))
-    return ffi::Error::InvalidArgument("online_sgd_block: task matrices or rates of wrong shape");
+      (Momentum && !is(momentum, {pb.runs})) || !is(threshold, {1}))
+    return ffi::Error::InvalidArgument(name + "task matrices or rates of wrong shape");
   pb.normals = zd[1];
   pb.first_step = first_step.typed_data()[0];
   pb.valid_steps = valid_steps.typed_data()[0];
   if (pb.valid_steps < 0 || pb.valid_steps > zd[0])
-    return ffi::Error::InvalidArgument("online_sgd_block: valid steps out of range");
-  for (int l = 0; l < pb.layers; ++l)
-    if (weights[l] != sources[l]) std::memcpy(weights[l], sources[l], bytes[l]);
+    return ffi::Error::InvalidArgument(name + "valid steps out of range");
+  for (size_t b = 0; b < buffers; ++b)
+    if (state[b] != sources[b]) std::memcpy(state[b], sources[b], bytes[b]);
   int32_t* div = diverged_out->typed_data();
   if (div != diverged_in.typed_data()) std::memcpy(div, diverged_in.typed_data(), pb.runs * 4);
-  Inputs in{teacher.untyped_data(),  input_sqrt.untyped_data(),    label_sqrt.untyped_data(),
-            normals.untyped_data(),  learning_rate.untyped_data(),
+  Inputs in{teacher.untyped_data(),       input_sqrt.untyped_data(), label_sqrt.untyped_data(),
+            normals.untyped_data(),       learning_rate.untyped_data(),
+            momentum.untyped_data(),
             double(static_cast<const T*>(threshold.untyped_data())[0])};
-  if (!run_block<T>(pb, in, weights, div))
-    return ffi::Error::Internal("online_sgd_block: out of memory for the work storage");
+  if (!run_block<T, Momentum>(pb, in, state, state + pb.layers, div))
+    return ffi::Error::Internal(name + "out of memory for the work storage");
   return ffi::Error::Success();
 }
 
@@ -449,6 +506,7 @@ ffi::Error online_sgd_block(ffi::AnyBuffer teacher, ffi::AnyBuffer input_sqrt,
 
 #define DLNLAB_BIND                                                                          \
   ffi::Ffi::Bind()                                                                           \
+      .Arg<ffi::AnyBuffer>()                                                                 \
       .Arg<ffi::AnyBuffer>()                                                                 \
       .Arg<ffi::AnyBuffer>()                                                                 \
       .Arg<ffi::AnyBuffer>()                                                                 \
@@ -465,33 +523,45 @@ ffi::Error online_sgd_block(ffi::AnyBuffer teacher, ffi::AnyBuffer input_sqrt,
       .Attr<bool>("whitened")                                                                \
       .Attr<bool>("label_noise")
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(dlnlab_online_sgd_block_f32, online_sgd_block<float>, DLNLAB_BIND);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(dlnlab_online_sgd_block_f64, online_sgd_block<double>, DLNLAB_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(dlnlab_online_sgd_block_f32, (online_block<float, false>),
+                              DLNLAB_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(dlnlab_online_sgd_block_f64, (online_block<double, false>),
+                              DLNLAB_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(dlnlab_online_momentum_block_f32, (online_block<float, true>),
+                              DLNLAB_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(dlnlab_online_momentum_block_f64, (online_block<double, true>),
+                              DLNLAB_BIND);
 
 #pragma GCC pop_options
 
-// The Python module dlnlab.dynamics._kernels: one PyCapsule per handler, for jax.ffi.register_ffi_target;
-// `usable`: this CPU has AVX2 and FMA; `jaxlib_version`: the jaxlib whose FFI headers it was
-// built against.
+// The Python module dlnlab.dynamics._kernels: one PyCapsule per handler, for
+// jax.ffi.register_ffi_target; `usable`: this CPU has AVX2 and FMA; `jaxlib_version`: the jaxlib
+// whose FFI headers it was built against.
 static PyObject* capsules(PyObject* module) {
-  PyObject* f32 = PyCapsule_New(reinterpret_cast<void*>(dlnlab_online_sgd_block_f32), nullptr, nullptr);
-  PyObject* f64 = PyCapsule_New(reinterpret_cast<void*>(dlnlab_online_sgd_block_f64), nullptr, nullptr);
 #ifndef DLNLAB_JAXLIB_VERSION
 #define DLNLAB_JAXLIB_VERSION "unknown"
 #endif
   __builtin_cpu_init();
   const long usable = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (PyModule_AddStringConstant(module, "jaxlib_version", DLNLAB_JAXLIB_VERSION) < 0 ||
-      PyModule_AddIntConstant(module, "usable", usable) < 0) {
-    Py_XDECREF(f32);
-    Py_XDECREF(f64);
+      PyModule_AddIntConstant(module, "usable", usable) < 0)
     return nullptr;
-  }
-  if (!f32 || !f64 || PyModule_AddObject(module, "online_sgd_block_f32", f32) < 0 ||
-      PyModule_AddObject(module, "online_sgd_block_f64", f64) < 0) {
-    Py_XDECREF(f32);
-    Py_XDECREF(f64);
-    return nullptr;
+  const struct {
+    const char* name;
+    void* handler;
+  } handlers[] = {
+      {"online_sgd_block_f32", reinterpret_cast<void*>(dlnlab_online_sgd_block_f32)},
+      {"online_sgd_block_f64", reinterpret_cast<void*>(dlnlab_online_sgd_block_f64)},
+      {"online_momentum_block_f32", reinterpret_cast<void*>(dlnlab_online_momentum_block_f32)},
+      {"online_momentum_block_f64", reinterpret_cast<void*>(dlnlab_online_momentum_block_f64)},
+  };
+  for (const auto& h : handlers) {
+    PyObject* capsule = PyCapsule_New(h.handler, nullptr, nullptr);
+    if (!capsule) return nullptr;
+    if (PyModule_AddObject(module, h.name, capsule) < 0) {  // steals the reference on success
+      Py_DECREF(capsule);
+      return nullptr;
+    }
   }
   return module;
 }
