@@ -239,6 +239,12 @@ def test_datasets_record_the_product():
     np.testing.assert_allclose(forced.loss.values, data.loss.values, rtol=1e-4)    # float32 rounding
     with pytest.raises(ValueError, match="product"):
         validate_config({"product": "vmap"})
+    # the config's kernel switch: false runs SGD's XLA step (the same bits at this width)
+    xla = run_experiment(config.model_copy(update={"product": "broadcast", "kernel": False}))
+    assert list(xla.step_kernel.values) == ["xla", "xla"]
+    np.testing.assert_array_equal(xla.loss.values, forced.loss.values)
+    with pytest.raises(ValueError, match="kernel"):
+        validate_config({"kernel": "yes"})
 
 
 def test_fewer_runs_than_a_group_per_device_are_spread_over_the_host_devices():

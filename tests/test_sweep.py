@@ -656,3 +656,17 @@ def test_the_product_of_each_point_is_used_and_recorded(tmp_path):
     assert kernel.sel(product="broadcast").values.tolist() == [compiled] * 2
     assert kernel.sel(product="batched").values.tolist() == ["xla"] * 2
     assert ds.step_kernel.attrs["long_name"].startswith("what computed the steps")
+
+
+def test_the_kernel_switch_of_each_point_is_used_and_recorded(tmp_path):
+    """``kernel = false`` (the config's switch of the engine's ``Layout.kernel``) runs SGD's
+    XLA step; ``true`` the compiled kernel where it is built. ``kernel`` is not part of a point's
+    identity (the same runs either way), each point is its own call, and at width 3 the two give
+    the same bits (XLA sums in index order there)."""
+    config = validate_config(BASE)
+    assert point_identity(config) == point_identity(config.model_copy(update={"kernel": False}))
+    ds = run_sweep(sweep({"kernel": [True, False]}, runs=2), tmp_path / "out").load()
+    got = ds.step_kernel.sel(method_name="sgd")
+    assert got.sel(kernel=True).values.tolist() == ["compiled" if kernels.available() else "xla"] * 2
+    assert got.sel(kernel=False).values.tolist() == ["xla"] * 2
+    np.testing.assert_array_equal(ds.loss.sel(kernel=True).values, ds.loss.sel(kernel=False).values)

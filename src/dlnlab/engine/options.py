@@ -83,15 +83,16 @@ class Layout:
         only, never on the number of runs, so results stay independent of it; the dataset
         records it (``attrs["layout_product"]``).
     - ``kernel``: on CPU, run whole blocks of steps in the stepper's compiled block kernel where
-      it has one for the network (online SGD with broadcast products, widths and batch size
-      at most 32, x86-64 CPUs with AVX2 and FMA: :mod:`dlnlab.dynamics.kernels`). It sums in
-      index order, as the XLA step does for the paper's network (bit-identical there), and in
-      every run group alike; where XLA:CPU reorders a sum (measured on a Zen 4 CPU: label noise
-      at width 24, widths 28-32) the two differ at float rounding, and only the kernel kept a
-      run's bits independent of the number of runs. Checkpoints record which one wrote them.
-      1.2-1.3x the XLA step's speed at width 12 (docs/performance.md). ``False``: always the
-      XLA step. The dataset records which ran (``attrs["step_kernel"]``: ``"compiled"`` or
-      ``"xla"``).
+      it has one for the network (online SGD and online momentum SGD with broadcast products,
+      widths and batch size at most 32, x86-64 CPUs with AVX2 and FMA:
+      :mod:`dlnlab.dynamics.kernels`). It sums in index order, as the XLA step does for the
+      paper's network (bit-identical there), and in every run group alike; from width 24 (measured
+      on a Zen 4 CPU with label noise, widths 24-32) XLA:CPU's step rounded a run differently
+      with the number of runs beside it, the two differ at float rounding, and only the kernel
+      kept a run's bits independent of the number of runs. Checkpoints record which one wrote
+      them. 1.2-1.9x the XLA step's speed at width 12 (docs/performance.md). ``False``: always
+      the XLA step (experiment configs: ``kernel = false``). The dataset records which ran
+      (``attrs["step_kernel"]``: ``"compiled"`` or ``"xla"``).
     """
     block_steps: int = 64
     run_group: int | None = None

@@ -311,6 +311,14 @@ class _ExperimentBase(_Model):
                             "batched_product_width (32 for gd, sgd, momentum_sgd, isotropic; 16 "
                             "for sde; online tasks only: offline, reduced and gf stay broadcast), "
                             "else broadcast; the two may round differently (docs/performance.md)")
+    kernel: bool = Field(True, description="on CPU, run whole blocks of steps in the method's "
+                                           "compiled block kernel where it has one (engine "
+                                           "Layout.kernel: online sgd and momentum_sgd with "
+                                           "broadcast products, widths and batch size <= 32); "
+                                           "false: always the XLA step (the results' step_kernel "
+                                           "says which ran; from width 24 only the kernel keeps "
+                                           "a run's bits independent of the number of runs, "
+                                           "docs/architecture.md)")
 
     @field_validator("name")
     @classmethod

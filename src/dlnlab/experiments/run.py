@@ -226,7 +226,7 @@ def run_method(config: ExperimentConfig, method: str, task: Task, weights, times
                   jax.random.fold_in(jax.random.key(config.seed), _NOISE), recording,
                   divergence_threshold=config.divergence_threshold, progress=progress,
                   checkpoint=checkpoint, schedule=Schedule(tuple(switches)),
-                  layout=Layout(product=config.product))
+                  layout=Layout(product=config.product, kernel=config.kernel))
     ds = ds.assign_coords(time=np.asarray(times, dtype=np.float64))
     return ds.reset_coords("step")
 

@@ -226,7 +226,7 @@ def _prepare_method(method: str, config, task, weights, times, entry_index: int)
                       for at, st, _ in switches),
                 tuple(config.record.variables or ()),
                 getattr(config, "reduced", None) is None or config.reduced.coupled,
-                _step_band(int(steps[-1])), config.product)
+                _step_band(int(steps[-1])), config.product, config.kernel)
     return _Prepared(entry_index, stepper, record.start(weights, task), hp, steps, switches,
                      call_key)
 
@@ -262,7 +262,7 @@ def _simulate_call(method: str, members: list[_Prepared], noise_keys: list):
     recording = Recording(union, observables=list(variables) or None, coupled=coupled)
     ds = simulate(first.stepper, weights, hp, keys, recording,
                   divergence_threshold=first.call_key[2], schedule=Schedule(switches),
-                  layout=Layout(product=first.call_key[7]))
+                  layout=Layout(product=first.call_key[7], kernel=first.call_key[8]))
     return ds, union
 
 

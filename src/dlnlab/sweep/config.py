@@ -183,8 +183,9 @@ class Point:
 
 #: Config fields left out of a point's identity: they do not change what a run does (its name,
 #: how many runs there are, what is recorded, the divergence label, which methods run: every
-#: method of a point shares the runs' initial weights and noise keys).
-IDENTITY_EXCLUDED = ("name", "runs", "record", "divergence_threshold", "methods")
+#: method of a point shares the runs' initial weights and noise keys; whether the compiled block
+#: kernel computes the steps: the same runs, at most rounded differently).
+IDENTITY_EXCLUDED = ("name", "runs", "record", "divergence_threshold", "methods", "kernel")
 
 
 def point_identity(config: ExperimentConfig) -> str:
