@@ -197,6 +197,43 @@ def test_isotropic_matched_temperature_run_i_does_not_depend_on_the_number_of_ru
     assert np.ptp(temperatures[5]) > 0.01 * np.mean(temperatures[5])    # a mean would differ
 
 
+def test_every_online_method_keeps_a_run_at_width_24_whatever_the_number_of_runs():
+    """``dlnlab run`` at width 24 with label noise, float32, B = 2, every online method in its
+    default layout: runs 0-2 give the same records, every variable bit for bit, when 1, 3 or 40
+    runs are made (40: two host devices, two observer groups). Two gaps this closes, both found
+    on an AVX-512 CPU: XLA's broadcast steps of SGD and momentum SGD rounded a run by the number
+    of runs beside it from width 24 (the compiled kernels do not; with ``kernel = false`` this
+    test fails), and the observer of up to 32 runs was a one-trip loop that XLA inlined and
+    rounded differently (``ito_drift``, 3e-5 relative; now at least two trips)."""
+    from dlnlab.dynamics import kernels
+    from dlnlab.experiments.config import validate_config
+    from dlnlab.experiments.run import run_experiment
+
+    def experiment(runs):
+        return run_experiment(validate_config({
+            "runs": runs, "methods": ["gd", "sgd", "momentum_sgd", "sde", "isotropic", "reduced"],
+            "task": {"d_in": 24, "d_out": 24, "hidden": [24], "spectrum": [1.0, 0.5],
+                     "label_noise": 0.5},
+            "training": {"horizon": 1.0, "batch_size": 2}, "record": {"points": 3}}))
+
+    many = experiment(40)
+    compiled = "compiled" if kernels.available() else "xla"
+    assert dict(zip(many.method_name.values, many.step_kernel.values, strict=True)) == {
+        "gd": "xla", "sgd": compiled, "momentum_sgd": compiled, "sde": "xla", "isotropic": "xla",
+        "reduced": "xla"}
+    checked = 0
+    for runs in (1, 3):
+        few = experiment(runs)
+        for name, variable in few.data_vars.items():
+            if "run" in variable.dims and variable.dtype.kind == "f":
+                np.testing.assert_array_equal(variable.values,
+                                              many[name].isel(run=slice(0, runs)).values,
+                                              err_msg=f"{name}, {runs} runs against 40")
+                checked += 1
+    assert checked >= 20
+    assert not np.array_equal(many.loss.isel(run=0).values, many.loss.isel(run=1).values)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_anisotropic_sde_is_bit_identical_for_every_block_size(dtype):
     """Blocks of 1, 3 and 64 pre-drawn steps give the same records (losses of the weights at 10,

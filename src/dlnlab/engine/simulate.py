@@ -438,14 +438,18 @@ OBSERVE_GROUP = 32
 def _observe(stepper, state, hparams, names, coupled):
     """The stepper's observer on every run: arrays with a leading run axis.
 
-    The runs are padded to a multiple of :data:`OBSERVE_GROUP` (copies of the last run) and
-    observed a group at a time: XLA vectorises a ``vmap`` of small matrix products differently
-    for different batch sizes (1 ulp apart), so a fixed group size keeps run ``i``'s records the
-    same bits for any number of runs (a sweep's chunking, ``tests/test_sweep.py``).
+    The runs are padded to a multiple of :data:`OBSERVE_GROUP` (copies of the last run), and to
+    at least two groups, and observed a group at a time: XLA vectorises a ``vmap`` of small
+    matrix products differently for different batch sizes (1 ulp apart), so a fixed group size
+    keeps run ``i``'s records the same bits for any number of runs (a sweep's chunking,
+    ``tests/test_sweep.py``); and XLA inlines a one-trip ``lax.map``, which then rounds
+    differently (``ito_drift`` of up to 32 runs against more, float32: 3e-5 relative at width 24,
+    1e-7 for the reduced SDE at width 12; ``tests/test_engine_trust.py``), so the loop always
+    has two trips or more (the same rule as a one-step block, compiled as two).
     """
     front = jax.tree_util.tree_map(lambda x: jnp.moveaxis(x, -1, 0), state.weights)
     runs = front[0].shape[0]
-    padded = -(-runs // OBSERVE_GROUP) * OBSERVE_GROUP
+    padded = max(-(-runs // OBSERVE_GROUP), 2) * OBSERVE_GROUP
 
     def group(x):
         if x is None or x.ndim == 0:
