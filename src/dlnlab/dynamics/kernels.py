@@ -12,7 +12,8 @@ case ``tests/test_kernels.py`` compares, a run's results are bit-identical to th
 (float32 and float64). From width 24 XLA:CPU's fusion and vectorisation of the step change with
 the arrays' sizes, and with them which products it rounds and in what order (measured on an
 AVX-512 CPU: online SGD and momentum SGD with label noise at widths 24-32, a run alone or among 3
-or 4 against 40, run groups of 8 against 40), so a run's bits depended on how many runs were
+or 4 against 40, run groups of 8 against 40; momentum also at widths (4, 6, 3) and (3, 4, 2) with
+5 or 7 runs), so a run's bits depended on how many runs were
 simulated with it (docs/architecture.md, "Results never depend on the batching"). The kernel's order never
 depends on the group (each run is a vector lane), so with the kernel a run's bits are the same
 for any number of runs; against the XLA step they then differ at float rounding.
@@ -75,11 +76,23 @@ def _registered() -> str:
     if _version(jaxlib.__version__) < _version(_kernels.jaxlib_version):
         return (f"built against jaxlib {_kernels.jaxlib_version}, running jaxlib "
                 f"{jaxlib.__version__} (older): reinstall dlnlab")
+    missing = missing_handlers(_kernels)
+    if missing:
+        return (f"dlnlab.dynamics._kernels is an older build without {', '.join(missing)}: "
+                "reinstall dlnlab")
     for targets in _TARGETS.values():
         for target in targets.values():
             jax.ffi.register_ffi_target(target, getattr(_kernels, target.removeprefix("dlnlab_")),
                                         platform="cpu")
     return ""
+
+
+def missing_handlers(module) -> list[str]:
+    """The handlers of :data:`_TARGETS` that the compiled ``module`` lacks (an editable install
+    not rebuilt after an update): none may be registered then, or a stepper would ask for one
+    that XLA does not know."""
+    return [target.removeprefix("dlnlab_") for targets in _TARGETS.values()
+            for target in targets.values() if not hasattr(module, target.removeprefix("dlnlab_"))]
 
 
 def _version(text: str) -> tuple[int, ...]:
