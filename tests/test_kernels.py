@@ -220,43 +220,25 @@ def test_kernel_and_xla_step_agree_to_float_rounding_where_xla_reorders(method, 
 
 
 @needs_kernel
-def test_a_kernel_that_rounds_differently_is_caught(monkeypatch):
-    """The comparison can fail: a kernel fed a learning rate one float32 ulp off (one rounding
-    of one operation) gives other bits, which the tests above would report."""
+@pytest.mark.parametrize("method", METHODS)
+def test_a_kernel_that_rounds_differently_is_caught(monkeypatch, method):
+    """The comparison can fail: a kernel fed a learning rate (SGD) or a momentum (momentum SGD:
+    the velocity terms are compared, not only the SGD part) one float32 ulp off, one rounding of
+    one operation, gives other bits, which the tests above would report."""
     task = _task("white", 12, 12, jnp.float32)
-    stepper = dy.OnlineSGD(task)
-    hp = dy.Hyperparameters(0.03)
+    stepper, hp = _method(method, task)
     weights = _weights((12, 12, 12, 12), 8, jnp.float32)
     xla = _run(stepper, weights, hp, False)
-    original = kernels.online_sgd_block
+    name = f"online_{method}_block"
+    original = getattr(kernels, name)
+    position = 4 if method == "sgd" else 6               # the rate's or the momentum's argument
 
-    def off_by_one_ulp(task, batch, weights, z, rate, *rest):
-        return original(task, batch, weights, z, jnp.nextafter(rate, jnp.inf), *rest)
+    def off_by_one_ulp(*args):
+        args = list(args)
+        args[position] = jnp.nextafter(args[position], jnp.inf)
+        return original(*args)
 
-    monkeypatch.setattr(kernels, "online_sgd_block", off_by_one_ulp)
-    jax.clear_caches()
-    wrong = _run(stepper, weights, hp, True)
-    assert wrong.attrs["step_kernel"] == "compiled"
-    assert not np.array_equal(wrong["parameters"].values, xla["parameters"].values)
-    monkeypatch.undo()
-    jax.clear_caches()
-
-
-@needs_kernel
-def test_a_momentum_kernel_that_rounds_its_momentum_differently_is_caught(monkeypatch):
-    """The momentum comparison can fail too: a momentum one float32 ulp off changes the bits
-    (the velocity terms are compared, not only the SGD part)."""
-    task = _task("white", 12, 12, jnp.float32)
-    stepper, hp = _method("momentum", task)
-    weights = _weights((12, 12, 12, 12), 8, jnp.float32)
-    xla = _run(stepper, weights, hp, False)
-    original = kernels.online_momentum_block
-
-    def off_by_one_ulp(task, batch, weights, velocity, z, rate, momentum, *rest):
-        return original(task, batch, weights, velocity, z, rate, jnp.nextafter(momentum, jnp.inf),
-                        *rest)
-
-    monkeypatch.setattr(kernels, "online_momentum_block", off_by_one_ulp)
+    monkeypatch.setattr(kernels, name, off_by_one_ulp)
     jax.clear_caches()
     wrong = _run(stepper, weights, hp, True)
     assert wrong.attrs["step_kernel"] == "compiled"
