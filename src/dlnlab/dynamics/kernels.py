@@ -13,10 +13,10 @@ case ``tests/test_kernels.py`` compares, a run's results are bit-identical to th
 the arrays' sizes, and with them which products it rounds and in what order (measured on an
 AVX-512 CPU: online SGD and momentum SGD with label noise at widths 24-32, a run alone or among 3
 or 4 against 40, run groups of 8 against 40; momentum also at widths (4, 6, 3) and (3, 4, 2) with
-5 or 7 runs), so a run's bits depended on how many runs were
-simulated with it (docs/architecture.md, "Results never depend on the batching"). The kernel's order never
-depends on the group (each run is a vector lane), so with the kernel a run's bits are the same
-for any number of runs; against the XLA step they then differ at float rounding.
+5 or 7 runs), so a run's bits depended on how many runs were simulated with it
+(docs/architecture.md, "Results never depend on the batching"). The kernel's order never depends
+on the group (each run is a vector lane), so with the kernel a run's bits are the same for any
+number of runs; against the XLA step they then differ at float rounding.
 
 The engine uses a kernel on CPU when the stepper offers one for the network
 (:meth:`~dlnlab.dynamics.Stepper.block_kernel`), the products are ``"broadcast"`` and
@@ -142,9 +142,8 @@ def online_sgd_block(task, batch_size: int, weights, normals, learning_rate, thr
 
     Call only where :func:`online_sgd_supports` holds, inside a computation compiled for the CPU
     (the engine does it through ``jax.lax.platform_dependent``)."""
-    out, diverged = _online_block("sgd", task, batch_size, tuple(weights), normals, learning_rate,
-                                  None, threshold, first_step, valid_steps, diverged)
-    return out, diverged
+    return _online_block("sgd", task, batch_size, tuple(weights), normals, learning_rate, None,
+                         threshold, first_step, valid_steps, diverged)
 
 
 def online_momentum_block(task, batch_size: int, weights, velocity, normals, learning_rate,
