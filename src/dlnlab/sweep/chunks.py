@@ -15,11 +15,11 @@ of their record steps; each point keeps only its own record times (its ``trainin
 label noise) or band share the compiled program but not the call.
 
 Keys (docs/sweeps.md, "Keys"): a point's root key is the first 64 bits of
-:func:`~dlnlab.sweep.config.point_identity` (sha256 of its resolved config without ``name``,
-``runs``, ``record``, ``divergence_threshold``, ``methods`` and ``kernel``); run ``i`` starts from the
-initial weights of ``fold_in(fold_in(root, 1), i)`` and draws its noise from
-``fold_in(fold_in(root, 2), i)``: ``dlnlab run``'s derivation with the point's root in place of
-``key(seed)`` (the teacher still comes from ``seed``). A run is therefore the same bits however
+:func:`~dlnlab.sweep.config.point_identity` (sha256 of its resolved config without the fields
+of :data:`~dlnlab.sweep.config.IDENTITY_EXCLUDED`); run ``i`` starts from the initial weights
+of ``fold_in(fold_in(root, 1), i)`` and draws its noise from ``fold_in(fold_in(root, 2), i)``:
+``dlnlab run``'s derivation with the point's root in place of ``key(seed)`` (the teacher still
+comes from ``seed``). A run is therefore the same bits however
 the grid grows or is chunked.
 """
 
