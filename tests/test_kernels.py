@@ -25,10 +25,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.special
 
 from dlnlab import dynamics as dy
 from dlnlab import engine as en
 from dlnlab.core import Task
+from dlnlab.dynamics import _ops as ops
 from dlnlab.dynamics import kernels
 from dlnlab.dynamics.momentum import MomentumHyperparameters
 
@@ -58,8 +60,14 @@ def test_an_older_build_without_a_handler_is_a_reason_not_a_crash():
     import types
 
     old = types.SimpleNamespace(online_sgd_block_f32=object(), online_sgd_block_f64=object())
-    assert kernels.missing_handlers(old) == ["online_momentum_block_f32",
-                                             "online_momentum_block_f64"]
+    assert kernels.missing_handlers(old)[:2] == ["online_momentum_block_f32",
+                                                 "online_momentum_block_f64"]
+    # The build before the kernels drew their own normals: its block handlers take the normals
+    # as an input, so they must not be registered under today's call either.
+    normals_input = types.SimpleNamespace(**{f"online_{k}_block_{t}": object()
+                                             for k in ("sgd", "momentum") for t in ("f32", "f64")})
+    assert kernels.missing_handlers(normals_input) == ["online_normals_f32", "online_normals_f64",
+                                                       "bits_to_normals_f32"]
     try:
         from dlnlab.dynamics import _kernels
     except ImportError:
@@ -345,28 +353,71 @@ def test_other_platforms_lower_to_the_xla_step(method):
 @needs_kernel
 def test_wrong_shapes_are_errors_not_reads_out_of_bounds():
     """The kernel checks every input before it reads or writes: a teacher that does not match
-    the weights, or too few normals per step, raise (XLA's error with the kernel's message)."""
+    the weights, key words for another number of runs or a negative step count raise (XLA's
+    error with the kernel's message)."""
     task = _task("white", 6, 6, jnp.float32)
     other = _task("white", 5, 6, jnp.float32)                  # teacher (6, 5): d_in 5
     weights = tuple(jnp.zeros((6, 6, 8), jnp.float32) for _ in range(2))
-    z = jnp.zeros((4, 6, 8), jnp.float32)
+    words = jnp.zeros((2, 8), jnp.uint32)
     rate, div = jnp.full((8,), 0.01, jnp.float32), jnp.full((8,), -1, jnp.int32)
-    good = kernels.online_sgd_block(task, 1, weights, z, rate, 1e8, 0, 4, div)
+    good = kernels.online_sgd_block(task, 1, weights, words, rate, 1e8, 0, 4, div)
     assert np.array_equal(np.asarray(good[1]), np.asarray(div))
     with pytest.raises(Exception, match="online_sgd_block: task matrices or rates of wrong shape"):
-        jax.block_until_ready(kernels.online_sgd_block(other, 1, weights, z, rate, 1e8, 0, 4, div))
-    with pytest.raises(Exception, match="online_sgd_block: normals must be"):
-        jax.block_until_ready(kernels.online_sgd_block(task, 2, weights, z, rate, 1e8, 0, 4, div))
+        jax.block_until_ready(kernels.online_sgd_block(other, 1, weights, words, rate, 1e8, 0, 4,
+                                                       div))
+    with pytest.raises(Exception, match=r"online_sgd_block: key words must be \(2, runs\)"):
+        jax.block_until_ready(kernels.online_sgd_block(task, 1, weights, words[:, :7], rate, 1e8,
+                                                       0, 4, div))
     with pytest.raises(Exception, match="online_sgd_block: valid steps out of range"):
-        jax.block_until_ready(kernels.online_sgd_block(task, 1, weights, z, rate, 1e8, 0, 5, div))
+        jax.block_until_ready(kernels.online_sgd_block(task, 1, weights, words, rate, 1e8, 0, -1,
+                                                       div))
     velocity = tuple(jnp.zeros_like(w) for w in weights)
     mu = jnp.full((8,), 0.5, jnp.float32)
-    moved = kernels.online_momentum_block(task, 1, weights, velocity, z, rate, mu, 1e8, 0, 4, div)
+    moved = kernels.online_momentum_block(task, 1, weights, velocity, words, rate, mu, 1e8, 0, 4,
+                                          div)
     assert len(moved[0]) == len(moved[1]) == 2
     with pytest.raises(Exception, match="online_momentum_block: layer shapes do not chain"):
         jax.block_until_ready(kernels.online_momentum_block(
-            task, 1, weights, (velocity[0], jnp.zeros((6, 5, 8), jnp.float32)), z, rate, mu, 1e8,
-            0, 4, div))
+            task, 1, weights, (velocity[0], jnp.zeros((6, 5, 8), jnp.float32)), words, rate, mu,
+            1e8, 0, 4, div))
+
+
+@needs_kernel
+def test_the_kernels_turn_every_word_into_jaxs_normal():
+    """The kernels' float32 transform (C++, XLA:CPU's erf_inv, log1p and log operations) gives
+    jax.random.normal's float32 normal, bit for bit, for all 2^23 values of the 23 bits it reads
+    (the other 9 bits set at random: they are ignored). A float64 evaluation of the same
+    formula rounded once to float32 differs on many inputs: the comparison resolves one ulp."""
+    rng = np.random.default_rng(11)
+    bits = (np.arange(1 << 23, dtype=np.uint32) << 9) | rng.integers(0, 512, 1 << 23,
+                                                                      dtype=np.uint32)
+    ours = np.asarray(jax.jit(kernels.bits_to_normals)(bits))
+    xla = np.asarray(jax.jit(lambda b: ops._bits_to_normal(b, jnp.float32))(bits))
+    assert np.isfinite(ours).all()
+    assert np.array_equal(ours.view(np.uint32), xla.view(np.uint32))
+    u = np.maximum(2.0 * ((bits >> 9) / 2.0**23) - 1.0, np.nextafter(np.float32(-1), 0))
+    rounded_once = (np.sqrt(2.0) * scipy.special.erfinv(u)).astype(np.float32)
+    assert np.count_nonzero(rounded_once != ours) > 10_000
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_the_kernels_draw_the_engines_normals(dtype):
+    """The normals the kernels draw inside the step are ``OnlineSGD.draw``'s: the counter-based
+    draw of ``_ops.counter_normals`` (Threefry-2x32 of the run's key, the step and the stream),
+    bit for bit, for odd and even counts, 1 to 13 runs (partly filled lanes), streams 0 and 3,
+    and step counters up to the int32 wrap."""
+    rng = np.random.default_rng(12)
+    for runs in (1, 3, 8, 13):
+        words = jnp.asarray(rng.integers(0, 2**32, (2, runs), dtype=np.uint64).astype(np.uint32))
+        for count in (1, 2, 5, 12, 37):
+            for first, stream in ((0, 0), (2**31 - 3, 0), (17, 3)):
+                ours = kernels.online_normals(words, first, 5, count, dtype, stream)
+                steps = jnp.int32(first) + jnp.arange(5, dtype=jnp.int32)
+                engine = ops.counter_normals(words, steps, (count,), dtype, stream)
+                assert ours.dtype == engine.dtype and ours.shape == engine.shape == (5, count, runs)
+                assert np.array_equal(np.asarray(ours).view(np.uint8), np.asarray(engine).view(np.uint8)), (
+                    runs, count, first)
 
 
 @needs_kernel

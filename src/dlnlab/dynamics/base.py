@@ -251,9 +251,11 @@ class Stepper:
     def block_kernel(self, shapes, dtype):
         """A compiled kernel that runs a whole block of steps on CPU, or ``None`` (the engine then
         scans :meth:`apply`). ``shapes``: the layer shapes ``(d_l, d_{l-1})``; ``dtype``: the
-        weights' dtype. The kernel is called as ``kernel(noise, state, hparams, first_step,
+        weights' dtype. The kernel is called as ``kernel(words, state, hparams, first_step,
         valid_steps, threshold, diverged) -> (state, diverged)`` with runs on the trailing axis
-        and must give exactly the scan's results (:mod:`dlnlab.dynamics.kernels`)."""
+        (``words``: the runs' key words ``(2, R)``; the kernel draws the block's randomness
+        itself, the same as :meth:`draw`) and must give exactly the scan's results
+        (:mod:`dlnlab.dynamics.kernels`)."""
         return None
 
     def step(self, key, state, hparams):

@@ -55,6 +55,15 @@ KERNEL_MAX_LAYERS = 64
 _TARGETS = {kernel: {jnp.dtype(jnp.float32): f"dlnlab_online_{kernel}_block_f32",
                      jnp.dtype(jnp.float64): f"dlnlab_online_{kernel}_block_f64"}
             for kernel in ("sgd", "momentum")}
+#: The kernels' draw alone, for tests: :func:`online_normals` and :func:`bits_to_normals`.
+_DRAW_TARGETS = {jnp.dtype(jnp.float32): "dlnlab_online_normals_f32",
+                 jnp.dtype(jnp.float64): "dlnlab_online_normals_f64"}
+_BITS_TARGET = "dlnlab_bits_to_normals_f32"
+
+
+def _all_targets() -> list[str]:
+    return ([t for targets in _TARGETS.values() for t in targets.values()]
+            + list(_DRAW_TARGETS.values()) + [_BITS_TARGET])
 
 
 @functools.cache
@@ -80,10 +89,9 @@ def _registered() -> str:
     if missing:
         return (f"dlnlab.dynamics._kernels is an older build without {', '.join(missing)}: "
                 "reinstall dlnlab")
-    for targets in _TARGETS.values():
-        for target in targets.values():
-            jax.ffi.register_ffi_target(target, getattr(_kernels, target.removeprefix("dlnlab_")),
-                                        platform="cpu")
+    for target in _all_targets():
+        jax.ffi.register_ffi_target(target, getattr(_kernels, target.removeprefix("dlnlab_")),
+                                    platform="cpu")
     return ""
 
 
@@ -91,8 +99,8 @@ def missing_handlers(module) -> list[str]:
     """The handlers of :data:`_TARGETS` that the compiled ``module`` lacks (an editable install
     not rebuilt after an update): none may be registered then, or a stepper would ask for one
     that XLA does not know."""
-    return [target.removeprefix("dlnlab_") for targets in _TARGETS.values()
-            for target in targets.values() if not hasattr(module, target.removeprefix("dlnlab_"))]
+    return [target.removeprefix("dlnlab_") for target in _all_targets()
+            if not hasattr(module, target.removeprefix("dlnlab_"))]
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -125,7 +133,7 @@ def online_sgd_supports(task, batch_size: int, shapes, dtype) -> bool:
             and all(max(s[0], s[1]) <= KERNEL_MAX_WIDTH for s in shapes))
 
 
-def online_sgd_block(task, batch_size: int, weights, normals, learning_rate, threshold, first_step,
+def online_sgd_block(task, batch_size: int, weights, words, learning_rate, threshold, first_step,
                      valid_steps, diverged):
     """``(weights, diverged)`` after the first ``valid_steps`` steps of a block of online SGD.
 
@@ -133,20 +141,21 @@ def online_sgd_block(task, batch_size: int, weights, normals, learning_rate, thr
     (``diverged[r]``: the first step whose minibatch loss is not ``<= threshold``, else kept),
     runs on the trailing axis:
 
-    - ``weights``: tuple of ``(d_l, d_{l-1}, R)``; ``normals``: ``(S, n_x + n_e, R)``, the
-      block's draw (``OnlineSGD.draw``), ``n_x = d_in B`` inputs and ``n_e = d_out B`` label-noise
-      normals (0 without label noise);
+    - ``weights``: tuple of ``(d_l, d_{l-1}, R)``; ``words``: ``(2, R)`` uint32, the runs' key
+      words (``_ops.key_words``). The kernel draws each step's normals itself, bit for bit those
+      of ``OnlineSGD.draw`` (``_ops.counter_normals`` with counter ``first_step + s``, stream 0:
+      ``n_x = d_in B`` inputs, then ``n_e = d_out B`` label-noise normals, 0 without label noise);
     - ``learning_rate``: ``(R,)``; ``threshold``: scalar; ``first_step``, ``valid_steps``: int32
-      scalars (the block's first step counter and how many of its ``S`` steps act);
+      scalars (the block's first step counter and how many steps act);
       ``diverged``: ``(R,)`` int32.
 
     Call only where :func:`online_sgd_supports` holds, inside a computation compiled for the CPU
     (the engine does it through ``jax.lax.platform_dependent``)."""
-    return _online_block("sgd", task, batch_size, tuple(weights), normals, learning_rate, None,
+    return _online_block("sgd", task, batch_size, tuple(weights), words, learning_rate, None,
                          threshold, first_step, valid_steps, diverged)
 
 
-def online_momentum_block(task, batch_size: int, weights, velocity, normals, learning_rate,
+def online_momentum_block(task, batch_size: int, weights, velocity, words, learning_rate,
                           momentum, threshold, first_step, valid_steps, diverged):
     """``(weights, velocity, diverged)`` after the first ``valid_steps`` steps of a block of
     online heavy-ball momentum SGD (``MomentumSGD.apply``: ``v <- mu v - U``, ``theta <- (theta
@@ -155,12 +164,12 @@ def online_momentum_block(task, batch_size: int, weights, velocity, normals, lea
     Where :func:`online_sgd_supports` holds."""
     layers = len(weights)
     out, diverged = _online_block("momentum", task, batch_size, tuple(weights) + tuple(velocity),
-                                  normals, learning_rate, momentum, threshold, first_step,
+                                  words, learning_rate, momentum, threshold, first_step,
                                   valid_steps, diverged)
     return out[:layers], out[layers:], diverged
 
 
-def _online_block(kernel, task, batch_size, state, normals, learning_rate, momentum, threshold,
+def _online_block(kernel, task, batch_size, state, words, learning_rate, momentum, threshold,
                   first_step, valid_steps, diverged):
     """The custom call of one of the compiled online kernels: ``(state, diverged)``, ``state``
     the layers' weights (then their velocities, with momentum) updated in place."""
@@ -178,10 +187,33 @@ def _online_block(kernel, task, batch_size, state, normals, learning_rate, momen
     first = 10                              # positional inputs before the state
     call = jax.ffi.ffi_call(_TARGETS[kernel][dtype], outputs, vmap_method="sequential",
                             input_output_aliases={first - 1 + i: i for i in range(len(state) + 1)})
-    out = call(jnp.asarray(task.teacher, dtype), input_sqrt, label_sqrt, normals.astype(dtype),
-               rate, mu, jnp.reshape(jnp.asarray(threshold, dtype), (1,)),
+    out = call(jnp.asarray(task.teacher, dtype), input_sqrt, label_sqrt,
+               jnp.asarray(words, jnp.uint32), rate, mu,
+               jnp.reshape(jnp.asarray(threshold, dtype), (1,)),
                jnp.reshape(jnp.asarray(first_step, jnp.int32), (1,)),
                jnp.reshape(jnp.asarray(valid_steps, jnp.int32), (1,)),
                diverged.astype(jnp.int32), *state,
-               batch=np.int64(batch_size), whitened=bool(task.whitened), label_noise=label)
+               batch=np.int64(batch_size), whitened=bool(task.whitened), label_noise=label,
+               stream=np.int64(0))
     return tuple(out[1:]), out[0]
+
+
+def online_normals(words, first_step, steps: int, count: int, dtype, stream: int = 0):
+    """The normals the kernels draw, ``(steps, count, R)`` of ``dtype`` (float32 or float64), for
+    key words ``(2, R)`` and the counters ``first_step, first_step + 1, ...``: bit for bit
+    ``_ops.counter_normals(words, first_step + arange(steps), (count,), dtype, stream)``
+    (``tests/test_kernels.py``). Where :func:`available` holds, on the CPU."""
+    dtype = jnp.dtype(dtype)
+    words = jnp.asarray(words, jnp.uint32)
+    call = jax.ffi.ffi_call(_DRAW_TARGETS[dtype],
+                            jax.ShapeDtypeStruct((steps, count, words.shape[1]), dtype))
+    return call(words, jnp.reshape(jnp.asarray(first_step, jnp.int32), (1,)),
+                count=np.int64(count), stream=np.int64(stream))
+
+
+def bits_to_normals(bits):
+    """The kernels' float32 normal of each uint32 word (``_ops._bits_to_normal``'s transform of
+    jax.random.normal), for tests: any shape. Where :func:`available` holds, on the CPU."""
+    bits = jnp.asarray(bits, jnp.uint32)
+    call = jax.ffi.ffi_call(_BITS_TARGET, jax.ShapeDtypeStruct(bits.shape, jnp.float32))
+    return call(bits)

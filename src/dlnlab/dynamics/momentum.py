@@ -76,10 +76,10 @@ class MomentumSGD(Stepper):
                 self.task, self.batch_size, shapes, dtype):
             return None
 
-        def kernel(z, state, hparams, first_step, valid_steps, threshold, diverged):
+        def kernel(words, state, hparams, first_step, valid_steps, threshold, diverged):
             dtype = dtype_of(state)
             weights, velocity, diverged = kernels.online_momentum_block(
-                self.task, self.batch_size, state.weights, state.velocity, z,
+                self.task, self.batch_size, state.weights, state.velocity, words,
                 cast(hparams.learning_rate, dtype), cast(hparams.momentum, dtype), threshold,
                 first_step, valid_steps, diverged)
             return MomentumState(weights, state.step + valid_steps, velocity, None), diverged

@@ -122,9 +122,9 @@ class OnlineSGD(Stepper):
                 self.task, self.batch_size, shapes, dtype):
             return None
 
-        def kernel(z, state, hparams, first_step, valid_steps, threshold, diverged):
+        def kernel(words, state, hparams, first_step, valid_steps, threshold, diverged):
             weights, diverged = kernels.online_sgd_block(
-                self.task, self.batch_size, state.weights, z,
+                self.task, self.batch_size, state.weights, words,
                 cast(hparams.learning_rate, dtype_of(state)), threshold, first_step, valid_steps,
                 diverged)
             return State(weights, state.step + valid_steps), diverged

@@ -127,21 +127,24 @@ def _block_scan(stepper, words, hparams, carry, length_valid, block_steps, thres
     as broadcast-multiply-and-sum (``dynamics._ops``)."""
     state, diverged = carry
     dtype = state.weights[0].dtype
-    steps = state.step + jnp.arange(block_steps, dtype=jnp.int32)
-    noise = stepper.draw(words, steps, dtype)
+
+    def draw(st):
+        return stepper.draw(words, st.step + jnp.arange(block_steps, dtype=jnp.int32), dtype)
+
     if product == "batched":
-        return _block_scan_batched(stepper, words, hparams, state, diverged, noise, length_valid,
-                                   block_steps, threshold)
+        return _block_scan_batched(stepper, words, hparams, state, diverged, draw(state),
+                                   length_valid, block_steps, threshold)
     if product == "kernel":
         kernel = stepper.block_kernel(tuple(w.shape[:2] for w in state.weights), dtype)
         valid = jnp.int32(block_steps) if length_valid is None else length_valid
-        # The compiled kernel on CPU; the XLA scan of the same step on any other platform.
+        # The compiled kernel on CPU (it draws the block's randomness itself, the same bits);
+        # the XLA scan of the same step on any other platform.
         return jax.lax.platform_dependent(
-            noise, state, diverged,
-            cpu=lambda z, st, div: kernel(z, st, hparams, st.step, valid, threshold, div),
-            default=lambda z, st, div: _scan_broadcast(stepper, words, hparams, st, div, z,
+            words, state, diverged,
+            cpu=lambda k, st, div: kernel(k, st, hparams, st.step, valid, threshold, div),
+            default=lambda k, st, div: _scan_broadcast(stepper, k, hparams, st, div, draw(st),
                                                        length_valid, block_steps, threshold))
-    return _scan_broadcast(stepper, words, hparams, state, diverged, noise, length_valid,
+    return _scan_broadcast(stepper, words, hparams, state, diverged, draw(state), length_valid,
                            block_steps, threshold)
 
 
