@@ -7,6 +7,13 @@ built at install time from ``src/dlnlab/kernels/*.cc`` and registered through XL
 ``jax.ffi``), computing the XLA step's own operations with the same fused multiply-adds, every
 sum in index order.
 
+Randomness. A kernel draws each step's normals itself from the runs' key words, bit for bit the
+stepper's ``draw`` (``_ops.counter_normals``: Threefry-2x32, then jax.random.normal's float32
+transform with XLA:CPU's own ``erf_inv``, ``log1p`` and ``log`` operations), so XLA draws
+nothing on the CPU (about a quarter of the step at width 12, docs/performance.md).
+:func:`online_normals` and :func:`bits_to_normals` expose the draw for tests, which compare it
+with jax on all 2^23 inputs of the transform.
+
 Bits. Where XLA:CPU also sums in index order, which it does for the paper's network and every
 case ``tests/test_kernels.py`` compares, a run's results are bit-identical to the XLA step's
 (float32 and float64). From width 24 XLA:CPU's fusion and vectorisation of the step change with

@@ -16,9 +16,12 @@
 // each) is half the step. Here one call runs all the block's steps, a chunk of runs at a time,
 // each chunk's weights gathered into contiguous L1-resident storage.
 //
-// Layout: weights W_l (d_l, d_{l-1}, R) with the runs R on the minor axis; the block's normals
-// z (S, n_x + n_e, R) drawn by XLA (the counter-based draw of OnlineSGD.draw), per step the
-// inputs z[:n_x] as (d_in, B) and the label-noise normals z[n_x:] as (d_out, B).
+// Layout: weights W_l (d_l, d_{l-1}, R) with the runs R on the minor axis, and the runs' key
+// words (2, R). Each step's n_x + n_e normals z are drawn here, bit for bit OnlineSGD.draw's
+// (the counter-based Threefry draw and jax.random.normal's float32 transform with XLA:CPU's
+// operations; see "The block's normals" below): the inputs z[:n_x] as (d_in, B) and the
+// label-noise normals z[n_x:] as (d_out, B). Drawn by XLA instead, they cost about as much
+// arithmetic and one more pass through memory and XLA kernel (docs/performance.md).
 // Lanes: a chunk is 32 bytes of runs (8 float32 or 4 float64 runs), every run its own lane, so a
 // run's arithmetic never depends on which or how many runs share its group.
 
@@ -105,7 +108,9 @@ inline __attribute__((always_inline)) void store(void* p, V v) {
 // erf_inv expansion (Giles' polynomials in w = -log1p(-u^2)), its log1p (a rational function
 // below |x| = 0.41421357, else log(1 + x)) and its log_f32 (a Cephes-style polynomial), with the
 // fused multiply-adds that XLA:CPU's LLVM contracts (read off its optimised IR and machine
-// code, jaxlib 0.10.2). tests/test_kernels.py compares all 2^23 inputs with jax bit for bit.
+// code, jaxlib 0.10.2: XLA_FLAGS=--xla_dump_to). tests/test_kernels.py compares all 2^23 inputs
+// with the installed jax bit for bit: a jaxlib whose XLA:CPU evaluates these functions otherwise
+// fails that test (the kernel and the XLA step would then draw normals an ulp apart).
 using Words = Lanes<uint32_t>::V;
 using Ints = Lanes<int32_t>::V;
 
