@@ -109,12 +109,24 @@ def test_full_batch_offline_sgd_without_replacement_reproduces_offline_gd():
     (['arms=["reduced"]'], "arms='reduced': unknown arm"),
     (["metrics.top_k=99"], "metrics.top_k=99: must be <= the narrowest width 12"),
     (["switch_time=500.0"], "switch_time=500.0: must lie before the horizon 100"),
+    (["kernel='maybe'"], "kernel='maybe': Input should be a valid boolean"),
 ])
 def test_bad_config_is_one_line_naming_the_field(overrides, expected):
     with pytest.raises(ValueError) as error:
         load_golden_path_config(None, overrides)
     text = str(error.value)
     assert "\n" not in text and text.startswith(expected), text
+
+
+def test_the_kernel_switch_reaches_every_arm():
+    """``kernel`` (default true) is every arm's experiment ``kernel``; false runs the XLA step,
+    which the arm's dataset records."""
+    default = validate_golden_path({**TINY, "arms": ["sgd", "momentum_sgd"]})
+    assert all(arm.kernel for arm in arm_configs(default).values())
+    config = validate_golden_path({**TINY, "arms": ["sgd", "momentum_sgd"], "kernel": False})
+    arms = arm_configs(config)
+    assert set(arms) == {"gd", "sgd", "momentum_sgd"} and not any(a.kernel for a in arms.values())
+    assert list(run_experiment(arms["sgd"]).step_kernel.values) == ["xla"]
 
 
 @pytest.mark.parametrize(("args", "kwargs", "expected"), [

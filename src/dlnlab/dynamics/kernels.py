@@ -10,7 +10,7 @@ sum in index order.
 Randomness. A kernel draws each step's normals itself from the runs' key words, bit for bit the
 stepper's ``draw`` (``_ops.counter_normals``: Threefry-2x32, then jax.random.normal's float32
 transform with XLA:CPU's own ``erf_inv``, ``log1p`` and ``log`` operations), so XLA draws
-nothing on the CPU (about a quarter of the step at width 12, docs/performance.md).
+nothing on the CPU (about a third of the step at width 12, docs/performance.md).
 :func:`online_normals` and :func:`bits_to_normals` expose the draw for tests, which compare it
 with jax on all 2^23 inputs of the transform.
 
@@ -103,9 +103,10 @@ def _registered() -> str:
 
 
 def missing_handlers(module) -> list[str]:
-    """The handlers of :data:`_TARGETS` that the compiled ``module`` lacks (an editable install
-    not rebuilt after an update): none may be registered then, or a stepper would ask for one
-    that XLA does not know."""
+    """The handlers (the kernels of :data:`_TARGETS` and their draw) that the compiled
+    ``module`` lacks (an editable install not rebuilt after an update): none may be registered
+    then, or a stepper would ask for one that XLA does not know, or call an older handler with
+    today's arguments."""
     return [target.removeprefix("dlnlab_") for target in _all_targets()
             if not hasattr(module, target.removeprefix("dlnlab_"))]
 

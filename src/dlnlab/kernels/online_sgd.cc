@@ -101,7 +101,7 @@ inline __attribute__((always_inline)) void store(void* p, V v) {
 }
 
 // ---- The block's normals, drawn here: dlnlab.dynamics._ops.counter_normals, to the bit ----
-// Normal j of step n of a run is the Threefry-2x32 block (n, stream 2^24 + j mod half) of the
+// Normal j of step n of a run is the Threefry-2x32 block (n, stream 2^24 + (j mod half)) of the
 // run's key (word j < half the block's first output, word half + j its second, half =
 // ceil(count / 2)), turned into a normal as jax.random.normal does: a uniform u in (-1, 1) from
 // the word's top 23 bits, then sqrt(2) erfinv(u) in float32, with XLA:CPU's own operations: its
@@ -677,6 +677,11 @@ ffi::Error online_block(ffi::AnyBuffer teacher, ffi::AnyBuffer input_sqrt,
     return ffi::Error::InvalidArgument(
         name + "1 to 64 layers (weights, then velocities with momentum), as many outputs");
   if (batch < 1) return ffi::Error::InvalidArgument(name + "batch must be >= 1");
+  if (diverged_in.dimensions().size() != 1 || diverged_out->element_count() !=
+      diverged_in.element_count() || first_step.element_count() != 1 ||
+      valid_steps.element_count() != 1)
+    return ffi::Error::InvalidArgument(
+        name + "diverged must be (runs,) in and out, first and valid steps one number each");
   pb.batch = batch;
   pb.runs = diverged_in.dimensions()[0];
   pb.whitened = whitened;
@@ -738,9 +743,12 @@ ffi::Error draw_handler(ffi::Buffer<ffi::U32> words, ffi::Buffer<ffi::S32> first
   constexpr int W = Lanes<T>::kWidth;
   auto kd = words.dimensions();
   auto od = out->dimensions();
+  constexpr ffi::DataType kType = sizeof(T) == 4 ? ffi::DataType::F32 : ffi::DataType::F64;
   if (kd.size() != 2 || kd[0] != 2 || od.size() != 3 || od[1] != count || od[2] != kd[1] ||
-      count < 1 || stream < 0 || stream > 255)
-    return ffi::Error::InvalidArgument("online_normals: words (2, R), out (steps, count, R)");
+      out->element_type() != kType || first_step.element_count() != 1 || count < 1 ||
+      stream < 0 || stream > 255)
+    return ffi::Error::InvalidArgument(
+        "online_normals: words (2, R) uint32, one first step, out (steps, count, R) of the dtype");
   const int64_t runs = kd[1], steps = od[0];
   T* dst = static_cast<T*>(out->untyped_data());
   Work work;

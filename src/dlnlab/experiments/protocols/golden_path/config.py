@@ -188,6 +188,8 @@ class GoldenPathConfig(_Model):
     product: Literal["auto", "broadcast", "batched"] = Field(
         "auto", description="every arm's engine product (the experiment config's product: "
                             "docs/config.md)")
+    kernel: bool = Field(True, description="every arm's compiled-kernel switch (the experiment "
+                                           "config's kernel: docs/config.md)")
     metrics: Metrics = Field(default_factory=Metrics, description="metric constants")
     claims: DecisionRules = Field(default_factory=DecisionRules, description="decision rules")
 
@@ -271,6 +273,7 @@ def arm_configs(config: GoldenPathConfig) -> dict[str, ExperimentConfig]:
     the seed (teacher, data set, the one initialisation) and the record times; a bad combination
     is one ``ValueError`` line naming the arm."""
     base = {"seed": config.seed, "dtype": config.dtype, "product": config.product,
+            "kernel": config.kernel,
             "task": config.task.model_dump(),
             "init": config.init.model_dump(), "training": config.training.model_dump(),
             "record": {"points": config.record.points, "spacing": config.record.spacing,
