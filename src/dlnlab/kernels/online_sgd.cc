@@ -784,20 +784,16 @@ ffi::Error bits_handler(ffi::Buffer<ffi::U32> bits, ffi::ResultBuffer<ffi::F32> 
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(dlnlab_online_normals_f32, draw_handler<float>,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::U32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("count")
-                                  .Attr<int64_t>("stream"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(dlnlab_online_normals_f64, draw_handler<double>,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::U32>>()
-                                  .Arg<ffi::Buffer<ffi::S32>>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("count")
-                                  .Attr<int64_t>("stream"));
+#define DLNLAB_DRAW_BIND                                                                     \
+  ffi::Ffi::Bind()                                                                           \
+      .Arg<ffi::Buffer<ffi::U32>>()                                                          \
+      .Arg<ffi::Buffer<ffi::S32>>()                                                          \
+      .Ret<ffi::AnyBuffer>()                                                                 \
+      .Attr<int64_t>("count")                                                                \
+      .Attr<int64_t>("stream")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(dlnlab_online_normals_f32, draw_handler<float>, DLNLAB_DRAW_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(dlnlab_online_normals_f64, draw_handler<double>, DLNLAB_DRAW_BIND);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(dlnlab_bits_to_normals_f32, bits_handler,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::U32>>()
