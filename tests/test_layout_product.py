@@ -269,3 +269,27 @@ def test_fewer_runs_than_a_group_per_device_are_spread_over_the_host_devices():
     assert layout(1, None, True, batched=True) == (2, 1, 2)              # a lone run padded
     assert layout(64, None, False, batched=False) == (64, 1, 64)         # parallel=False
     assert layout(64, 16, True, batched=False) == (16, 2, 64)            # an explicit group
+
+
+def test_momentum_broadcast_groups_hold_at_least_16_runs():
+    """A stepper's ``minimum_broadcast_group`` (momentum SGD: 16) pads its broadcast groups with
+    copies, explicit groups included, also when another phase is batched; phases with batched
+    products and the compiled kernels on CPU do not ask for it (they keep a run's bits in groups
+    of any size). Each equality fails if the minimum is ignored or asked for where it is not
+    needed."""
+    import importlib
+
+    simulate = importlib.import_module("dlnlab.engine.simulate")
+    layout = simulate._layout
+    assert layout(1, None, True, batched=False, broadcast_minimum=16) == (16, 1, 16)
+    assert layout(7, None, False, batched=False, broadcast_minimum=16) == (16, 1, 16)
+    assert layout(40, 8, False, batched=False, broadcast_minimum=16) == (16, 1, 48)
+    assert layout(1, None, True, batched=True, broadcast_minimum=16) == (16, 1, 16)  # mixed phases
+    assert layout(1, None, True, batched=False) == (1, 1, 1)
+    task = Task.from_spectrum(jax.random.key(0), 3, 2, [1.0], dtype=jnp.float32)
+    phases = [(None, dy.MomentumSGD(task), None), (None, dy.OnlineSGD(task), None)]
+    assert simulate._broadcast_minimum(phases, ["broadcast", "broadcast"]) == 16
+    assert simulate._broadcast_minimum(phases, ["batched", "broadcast"]) == 1
+    assert simulate._broadcast_minimum(phases, ["broadcast", "batched"]) == 16
+    assert simulate._broadcast_minimum(phases[:1], ["kernel"]) == (
+        1 if jax.default_backend() == "cpu" else 16)

@@ -383,10 +383,11 @@ def _public_product(product: str) -> str:
 #: rounds differently (batches of 2 to 200 runs were bit-identical on an AVX-512 CPU; on an AVX2
 #: CPU too, once online SGD's matrix-vector products and products with fewer than 16 columns were
 #: written as multiply-and-sum: XLA's batched ``dot`` rounded a run by its place in the batch
-#: there, ``_ops.DOT_MIN_COLUMNS``). Broadcast groups need no
-#: minimum that would help: padding them to 32 runs made 1-31 runs bit-identical to 32+ runs in
-#: float32 but cost 7-26x for a few runs (docs/architecture.md, "Results never depend on the
-#: batching", the known gap).
+#: there, ``_ops.DOT_MIN_COLUMNS``). Broadcast groups have no minimum of their own: padding
+#: every stepper's groups to 32 runs made 1-31 runs bit-identical to 32+ runs in float32 but
+#: cost 7-26x for a few runs; only a stepper whose XLA step needs it pads to its
+#: ``minimum_broadcast_group`` (momentum SGD: 16; docs/architecture.md, "Results never depend
+#: on the batching").
 BATCHED_MIN_GROUP = 2
 #: Smallest broadcast group the default layout splits runs into to use every host device: with
 #: XLA's YNNPACK fusion on, broadcast groups below 32 runs rounded differently from 32 or more.
@@ -403,17 +404,18 @@ BROADCAST_GROUP = 64
 
 
 def _layout(num_runs: int, run_group: int | None, parallel: bool,
-            batched: bool = False) -> tuple[int, int, int]:
+            batched: bool = False, broadcast_minimum: int = 1) -> tuple[int, int, int]:
     """``(run_group, num_devices, padded_runs)``. On CPU: equal groups (cache blocking) of at
     most :data:`BROADCAST_GROUP` runs for broadcast products, :data:`BATCHED_GROUP` for batched
     ones, a multiple of the devices in number, spread over the host devices; with fewer than
     :data:`BROADCAST_GROUP` broadcast runs per device, one group per device (a 64-run simulation
     on 2 cores: two groups of 32, 1.1-2.2x faster than one group on one core) of at least
     :data:`BROADCAST_SPREAD_GROUP` runs; elsewhere (GPU) all runs at once on one device.
-    With batched products (``batched``) a group holds at least :data:`BATCHED_MIN_GROUP` runs.
-    Runs are padded with copies of the last run."""
+    With batched products (``batched``) a group holds at least :data:`BATCHED_MIN_GROUP` runs,
+    and at least ``broadcast_minimum`` (:func:`_broadcast_minimum` of the phases that run the
+    XLA broadcast step). Runs are padded with copies of the last run."""
     cpu = jax.default_backend() == "cpu"
-    minimum_group = BATCHED_MIN_GROUP if batched else 1
+    minimum_group = max(BATCHED_MIN_GROUP if batched else 1, broadcast_minimum)
     available = jax.local_device_count() if (cpu and parallel) else 1
     if run_group is None:
         if not cpu:
@@ -432,6 +434,17 @@ def _layout(num_runs: int, run_group: int | None, parallel: bool,
     devices = max(1, min(available, -(-num_runs // run_group)))
     unit = run_group * devices
     return run_group, devices, -(-num_runs // unit) * unit
+
+
+def _broadcast_minimum(phases, products) -> int:
+    """The fewest runs of a broadcast run group: the largest
+    :attr:`~dlnlab.dynamics.Stepper.minimum_broadcast_group` of the phases whose steppers run
+    the XLA broadcast step (the compiled kernels, which run on CPU only, and batched products
+    need none)."""
+    xla = ("broadcast",) if jax.default_backend() == "cpu" else ("broadcast", "kernel")
+    return max([st.minimum_broadcast_group
+                for (_, st, _), product in zip(phases, products, strict=True)
+                if product in xla], default=1)
 
 
 #: Runs the observer evaluates at once (``vmap``), in a ``lax.map`` over groups of this size.
@@ -607,7 +620,8 @@ def simulate(stepper: Stepper, weights, hparams, key, recording, *, layout: Layo
     products = [resolve_kernel(st, weights, resolve_product(st, weights, layout.product),
                                layout.kernel) for _, st, _ in phases]
     run_group, num_devices, padded = _layout(num_runs, layout.run_group, layout.parallel,
-                                             "batched" in products)
+                                             "batched" in products,
+                                             _broadcast_minimum(phases, products))
     divergence_threshold = _check_threshold(divergence_threshold)
     limits = [_loss_limit(st, divergence_threshold, dtype) for _, st, _ in phases]
     block_steps = _block(layout.block_steps)
@@ -690,7 +704,8 @@ def advance_from(stepper: Stepper, weights, hparams, key, *, layout: Layout | No
     product = resolve_kernel(stepper, weights, resolve_product(stepper, weights, layout.product),
                              layout.kernel)
     run_group, num_devices, padded = _layout(num_runs, layout.run_group, layout.parallel,
-                                             product == "batched")
+                                             product == "batched",
+                                             _broadcast_minimum([(None, stepper, None)], [product]))
     hp = _broadcast_hparams(stepper, hparams, num_runs, dtype)
     words = key_words(run_keys(key, num_runs))
     pad = _padder(num_runs, padded)

@@ -316,10 +316,9 @@ class _ExperimentBase(_Model):
                                            "Layout.kernel: online sgd and momentum_sgd with "
                                            "broadcast products, widths and batch size <= 32); "
                                            "false: always the XLA step (the results' step_kernel "
-                                           "says which ran; from width 24, and for momentum_sgd at some "
-                                           "small uneven widths, only the kernel keeps "
-                                           "a run's bits independent of the number of runs, "
-                                           "docs/architecture.md)")
+                                           "says which ran; from width 24 sgd's XLA step can "
+                                           "round a run differently with the number of runs, "
+                                           "the kernel does not, docs/architecture.md)")
 
     @field_validator("name")
     @classmethod
