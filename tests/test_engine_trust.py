@@ -449,3 +449,38 @@ def test_without_the_padding_momentum_depends_on_the_number_of_runs(monkeypatch)
         reference = _momentum_parameters(widths, dtype, 40, online)
         assert any(not np.array_equal(_momentum_parameters(widths, dtype, runs, online),
                                       reference[:runs]) for runs in (3, 5, 7, 8)), (widths, dtype)
+
+
+def _offline_sde_parameters(runs, **layout):
+    """Parameters of the anisotropic SDE on an offline task (50 samples, label noise, width 24,
+    float32) after 0, 20 and 40 steps."""
+    rng = np.random.default_rng(8)
+    task = d.Task.from_spectrum(jax.random.key(3), 24, 24, [1.0, 0.5], label_noise=0.5,
+                                dtype="float32")
+    x = rng.standard_normal((50, 24))
+    y = x @ np.asarray(task.teacher, np.float64).T + 0.5 * rng.standard_normal((50, 24))
+    task = task.with_dataset(x.astype(np.float32), y.astype(np.float32))
+    weights = tuple(jnp.asarray(0.08 * np.random.default_rng(30 + k).standard_normal((40, 24, 24))[:runs],
+                                "float32") for k in range(2))
+    data = en.simulate(dy.AnisotropicLangevin(task), weights, dy.StepSizeHyperparameters(0.03, 1.0, 0.01),
+                       jax.random.key(5), en.Recording([0, 20, 40], observables=["parameters"]),
+                       layout=en.Layout(**layout))
+    return data["parameters"].values, data.attrs["layout_product"]
+
+
+def test_offline_sde_at_width_24_keeps_a_run_whatever_the_number_of_runs():
+    """The anisotropic SDE on an offline task at width 24 runs with batched products (offline
+    tasks take the online widths since 2026-12-01): a run's parameters are the same bit for bit
+    alone, among 3 or 8 runs and in run groups of 8, as among 40 runs. Its broadcast step, the
+    offline default before, rounded a run differently in groups of 3 and 8 on an AVX-512 CPU
+    (checked below on that CPU, so that this comparison can fail)."""
+    reference, product = _offline_sde_parameters(40)
+    assert product == "batched"
+    assert np.all(np.isfinite(reference)) and not np.array_equal(reference[:, -1], reference[:, 0])
+    for runs, layout in [(1, {}), (3, {}), (8, {}), (40, {"run_group": 8})]:
+        np.testing.assert_array_equal(_offline_sde_parameters(runs, **layout)[0], reference[:runs],
+                                      err_msg=f"{runs} runs, {layout}")
+    if jax.default_backend() == "cpu" and _zen4_avx512():
+        broadcast = _offline_sde_parameters(40, product="broadcast")[0]
+        assert any(not np.array_equal(_offline_sde_parameters(runs, product="broadcast")[0],
+                                      broadcast[:runs]) for runs in (3, 8))

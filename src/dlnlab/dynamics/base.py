@@ -208,10 +208,14 @@ class Stepper:
 
         Set from measurements on a 2-core CPU, float32, 64-1,024 runs (docs/performance.md,
         "Which product"): batched is 1.2-17.6x faster from width 32 on (16 for the anisotropic
-        SDE, whose step is matrix-matrix work) and 2-5x slower at width 12, all on online tasks.
-        Offline tasks and steppers whose layouts were not measured (the reduced SDE, gradient
-        flow: ``batched_from_width = None``) give ``None``."""
-        return self.batched_from_width if self.task.online else None
+        SDE, whose step is matrix-matrix work) and 2-5x slower at width 12 on online tasks;
+        offline (50 samples, 64 runs, width 32) 2.1-3.5x faster for SGD, momentum, GD and
+        isotropic Langevin, 16.6x for the anisotropic SDE (1.7x at width 20, 3.3x at 24, 0.72x
+        at 16), and a broadcast group of the offline SDE rounded a run by the group's size at
+        width 24 where batched groups did not. The same widths hold online and offline.
+        Steppers whose layouts were not measured (the reduced SDE, gradient flow:
+        ``batched_from_width = None``) give ``None``."""
+        return self.batched_from_width
 
     def init(self, weights):
         """Initial state from weights ``(d_l, d_{l-1}, *R)``."""

@@ -145,6 +145,7 @@ class OfflineSGD(Stepper):
     :class:`EpochState` without."""
     batch_size: int = 1
     name: ClassVar[str] = "offline_sgd"
+    batched_from_width: ClassVar[int | None] = 32
     reports_minibatch_loss: ClassVar[bool] = True
 
     def __post_init__(self):

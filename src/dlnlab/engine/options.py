@@ -87,10 +87,9 @@ class Layout:
       widths and batch size at most 32, x86-64 CPUs with AVX2 and FMA:
       :mod:`dlnlab.dynamics.kernels`). It sums in index order, as the XLA step does for the
       paper's network (bit-identical there), and in every run group alike; from width 24 (measured
-      on a Zen 4 CPU with label noise, widths 24-32), and for momentum also at some small uneven
-      widths, XLA:CPU's step rounded a run differently with the number of runs beside it, the
-      two differ at float rounding, and only the kernel kept a run's bits independent of the
-      number of runs. Checkpoints record which one wrote
+      on a Zen 4 CPU with label noise, widths 24-32) XLA:CPU's SGD step rounded a run
+      differently with the number of runs beside it, the two differ at float rounding, and only
+      the kernel kept a run's bits independent of the number of runs. Checkpoints record which one wrote
       them. 1.2-1.9x the XLA step's speed at width 12 (docs/performance.md). ``False``: always
       the XLA step (experiment configs: ``kernel = false``). The dataset records which ran
       (``attrs["step_kernel"]``: ``"compiled"`` or ``"xla"``).

@@ -309,7 +309,7 @@ class _ExperimentBase(_Model):
         "auto", description="how a step's matrix products run over the runs (engine Layout.product): "
                             "auto picks batched when the widest layer reaches the method's "
                             "batched_product_width (32 for gd, sgd, momentum_sgd, isotropic; 16 "
-                            "for sde; online tasks only: offline, reduced and gf stay broadcast), "
+                            "for sde; online and offline; reduced and gf stay broadcast), "
                             "else broadcast; the two may round differently (docs/performance.md)")
     kernel: bool = Field(True, description="on CPU, run whole blocks of steps in the method's "
                                            "compiled block kernel where it has one (engine "
