@@ -64,7 +64,8 @@ def test_offline_steppers_pick_their_product_at_the_online_widths():
     width 32); the reduced SDE was not measured and stays broadcast."""
     offline = _task(32, num_samples=64)
     for stepper in (dy.OfflineSGD(offline, batch_size=4), dy.MomentumSGD(offline, batch_size=4),
-                    dy.GradientDescent(offline), dy.AnisotropicLangevin(offline)):
+                    dy.GradientDescent(offline), dy.AnisotropicLangevin(offline),
+                    dy.IsotropicLangevin(offline, widths=(32, 32, 32))):
         assert en.resolve_product(stepper, _weights(32, 2, 2)) == "batched", stepper.name
         assert en.resolve_product(stepper, _weights(12, 2, 2)) == "broadcast", stepper.name
     narrow = _task(16, num_samples=64)

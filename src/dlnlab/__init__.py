@@ -9,5 +9,5 @@ from . import theory
 from .core import *  # noqa: F403
 from .core import __all__ as _core_all
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 __all__ = ["theory", "__version__", *_core_all]

@@ -411,9 +411,10 @@ def _layout(num_runs: int, run_group: int | None, parallel: bool,
     :data:`BROADCAST_GROUP` broadcast runs per device, one group per device (a 64-run simulation
     on 2 cores: two groups of 32, 1.1-2.2x faster than one group on one core) of at least
     :data:`BROADCAST_SPREAD_GROUP` runs; elsewhere (GPU) all runs at once on one device.
-    With batched products (``batched``) a group holds at least :data:`BATCHED_MIN_GROUP` runs,
-    and at least ``broadcast_minimum`` (:func:`_broadcast_minimum` of the phases that run the
-    XLA broadcast step). Runs are padded with copies of the last run."""
+    Every group holds at least ``broadcast_minimum`` runs (:func:`_broadcast_minimum` of the
+    phases that run the XLA broadcast step; 1 when none asks for more), and with batched
+    products (``batched``) at least :data:`BATCHED_MIN_GROUP`. Runs are padded with copies of
+    the last run."""
     cpu = jax.default_backend() == "cpu"
     minimum_group = max(BATCHED_MIN_GROUP if batched else 1, broadcast_minimum)
     available = jax.local_device_count() if (cpu and parallel) else 1
@@ -619,9 +620,9 @@ def simulate(stepper: Stepper, weights, hparams, key, recording, *, layout: Layo
     phases = _phases(stepper, hp, schedule, num_runs, dtype, state)
     products = [resolve_kernel(st, weights, resolve_product(st, weights, layout.product),
                                layout.kernel) for _, st, _ in phases]
+    broadcast_minimum = _broadcast_minimum(phases, products)
     run_group, num_devices, padded = _layout(num_runs, layout.run_group, layout.parallel,
-                                             "batched" in products,
-                                             _broadcast_minimum(phases, products))
+                                             "batched" in products, broadcast_minimum)
     divergence_threshold = _check_threshold(divergence_threshold)
     limits = [_loss_limit(st, divergence_threshold, dtype) for _, st, _ in phases]
     block_steps = _block(layout.block_steps)
@@ -638,6 +639,8 @@ def simulate(stepper: Stepper, weights, hparams, key, recording, *, layout: Layo
         settings += (tuple(_public_product(p) for p in products),)
     if "kernel" in products:        # the two implementations can round differently: never mixed
         settings += (("step_kernel", _step_kernel(products)),)
+    if broadcast_minimum > 1:       # padded groups (0.3.0) can round otherwise than before
+        settings += (("minimum_broadcast_group", broadcast_minimum),)
     fingerprint = _fingerprint(phases, weights, hp, words, steps, divergence_threshold, settings)
     ckpt = Path(checkpoint.path) if checkpoint is not None else None
     position, index = 0, 0
