@@ -296,7 +296,8 @@ def test_momentum_broadcast_groups_hold_at_least_16_runs():
     task = Task.from_spectrum(jax.random.key(0), 3, 2, [1.0], dtype=jnp.float32)
     phases = [(None, dy.MomentumSGD(task), None), (None, dy.OnlineSGD(task), None)]
     assert simulate._broadcast_minimum(phases, ["broadcast", "broadcast"]) == 16
-    assert simulate._broadcast_minimum(phases, ["batched", "broadcast"]) == 1
+    assert simulate._broadcast_minimum(phases, ["batched", "broadcast"]) == 2   # a lone run padded
+    assert simulate._broadcast_minimum(phases[:1], ["batched"]) == 1
     assert simulate._broadcast_minimum(phases, ["broadcast", "batched"]) == 16
     assert simulate._broadcast_minimum(phases[:1], ["kernel"]) == (
         1 if jax.default_backend() == "cpu" else 16)

@@ -192,11 +192,13 @@ class Stepper:
     hyperparameters_type: ClassVar[type] = Hyperparameters
     required_hyperparameters: ClassVar[tuple[str, ...]] = ("learning_rate",)
 
-    minimum_broadcast_group: ClassVar[int] = 1
+    minimum_broadcast_group: ClassVar[int] = 2
     """Fewest runs in one broadcast run group of this stepper's XLA step: the engine pads a
-    smaller group with copies of its last run (``dlnlab.engine.simulate``'s layout). 1: no
-    padding. Momentum SGD sets 16: its XLA step rounded a run differently in groups of 1-8 runs
-    than in groups of 16 or more (docs/architecture.md, "Results never depend on the batching")."""
+    smaller group with copies of its last run (``dlnlab.engine.simulate``'s layout). 2: a lone
+    run is padded with a copy (offline GD and offline isotropic Langevin rounded a lone run
+    differently from the same run among others, widths 3-24, float32 and float64). Momentum
+    SGD sets 16: its XLA step rounded a run differently in groups of 1-8 runs than in groups of
+    16 or more (docs/architecture.md, "Results never depend on the batching")."""
 
     batched_from_width: ClassVar[int | None] = None
     """Under ``Layout(product="auto")`` the engine computes this stepper's products batched over

@@ -66,7 +66,8 @@ class Layout:
       fewer runs per device (at least 32 runs for broadcast products, 2 for batched);
       all runs elsewhere. Runs are padded to a multiple of the groups with copies of the last run.
       A stepper's ``minimum_broadcast_group`` raises a smaller group of its XLA broadcast step
-      (momentum SGD: 16 runs), an explicit ``run_group`` too.
+      (2: a lone run is padded with a copy; momentum SGD: 16 runs), an explicit ``run_group``
+      too.
     - ``parallel``: on CPU, split the run groups over the host devices.
     - ``chunk_steps``: most steps per dispatch (progress and checkpoint granularity).
     - ``product``: how a step's matrix products run over the runs.

@@ -385,8 +385,8 @@ def _public_product(product: str) -> str:
 #: written as multiply-and-sum: XLA's batched ``dot`` rounded a run by its place in the batch
 #: there, ``_ops.DOT_MIN_COLUMNS``). Broadcast groups have no minimum of their own: padding
 #: every stepper's groups to 32 runs made 1-31 runs bit-identical to 32+ runs in float32 but
-#: cost 7-26x for a few runs; only a stepper whose XLA step needs it pads to its
-#: ``minimum_broadcast_group`` (momentum SGD: 16; docs/architecture.md, "Results never depend
+#: cost 7-26x for a few runs; a stepper's XLA step pads to its ``minimum_broadcast_group``
+#: (2, a lone run with a copy; momentum SGD: 16; docs/architecture.md, "Results never depend
 #: on the batching").
 BATCHED_MIN_GROUP = 2
 #: Smallest broadcast group the default layout splits runs into to use every host device: with
