@@ -383,11 +383,10 @@ def _public_product(product: str) -> str:
 #: rounds differently (batches of 2 to 200 runs were bit-identical on an AVX-512 CPU; on an AVX2
 #: CPU too, once online SGD's matrix-vector products and products with fewer than 16 columns were
 #: written as multiply-and-sum: XLA's batched ``dot`` rounded a run by its place in the batch
-#: there, ``_ops.DOT_MIN_COLUMNS``). Broadcast groups have no minimum of their own: padding
-#: every stepper's groups to 32 runs made 1-31 runs bit-identical to 32+ runs in float32 but
-#: cost 7-26x for a few runs; a stepper's XLA step pads to its ``minimum_broadcast_group``
-#: (2, a lone run with a copy; momentum SGD: 16; docs/architecture.md, "Results never depend
-#: on the batching").
+#: there, ``_ops.DOT_MIN_COLUMNS``). Broadcast groups are padded only to their steppers'
+#: ``minimum_broadcast_group`` (2, a lone run with a copy; momentum SGD: 16; docs/architecture.md,
+#: "Results never depend on the batching"): padding every stepper's groups to 32 runs made
+#: 1-31 runs bit-identical to 32+ runs in float32 but cost 7-26x for a few runs.
 BATCHED_MIN_GROUP = 2
 #: Smallest broadcast group the default layout splits runs into to use every host device: with
 #: XLA's YNNPACK fusion on, broadcast groups below 32 runs rounded differently from 32 or more.
