@@ -389,16 +389,22 @@ def test_todays_steppers_give_the_bits_of_the_steppers_before_issue_15(method):
     assert not all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, c, strict=True))
 
 
+def _noisy_task(d_in, d_out, dtype, samples=None):
+    """Spectrum (1, 0.5) with label noise 0.5; offline with ``samples`` noisy NumPy samples."""
+    task = d.Task.from_spectrum(jax.random.key(3), d_in, d_out, [1.0, 0.5], label_noise=0.5,
+                                dtype=dtype)
+    if samples is None:
+        return task
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((samples, d_in))
+    y = x @ np.asarray(task.teacher, np.float64).T + 0.5 * rng.standard_normal((samples, d_out))
+    return task.with_dataset(x.astype(dtype), y.astype(dtype))
+
+
 def _momentum_parameters(widths, dtype, runs, online, **layout):
     """Parameters of momentum SGD (momentum 0.7, label noise, B = 1) after 0, 6 and 12 steps:
     online through the XLA step (``kernel=False``), offline (9 samples) in its default layout."""
-    task = d.Task.from_spectrum(jax.random.key(3), widths[0], widths[-1], [1.0, 0.5],
-                                label_noise=0.5, dtype=dtype)
-    if not online:
-        rng = np.random.default_rng(8)
-        x = rng.standard_normal((9, widths[0]))
-        y = x @ np.asarray(task.teacher, np.float64).T + 0.5 * rng.standard_normal((9, widths[-1]))
-        task = task.with_dataset(x.astype(dtype), y.astype(dtype))
+    task = _noisy_task(widths[0], widths[-1], dtype, None if online else 9)
     weights = tuple(jnp.asarray((0.4 / math.sqrt(i)) * np.random.default_rng(20 + k).standard_normal(
         (40, o, i))[:runs], dtype) for k, (i, o) in enumerate(zip(widths[:-1], widths[1:], strict=True)))
     data = en.simulate(dy.MomentumSGD(task), weights, dy.MomentumHyperparameters(0.009, 1.0, 0.7),
@@ -492,12 +498,7 @@ def _offline_parameters(method, runs, width=24, **layout):
     """Parameters of ``method`` (a name of ``OFFLINE_METHODS``) on an offline task (50 samples,
     label noise, one hidden layer, all widths ``width``, float32) after 0, 20 and 40 steps, and
     the dataset's ``layout_product``."""
-    rng = np.random.default_rng(8)
-    task = d.Task.from_spectrum(jax.random.key(3), width, width, [1.0, 0.5], label_noise=0.5,
-                                dtype="float32")
-    x = rng.standard_normal((50, width))
-    y = x @ np.asarray(task.teacher, np.float64).T + 0.5 * rng.standard_normal((50, width))
-    task = task.with_dataset(x.astype(np.float32), y.astype(np.float32))
+    task = _noisy_task(width, width, "float32", 50)
     weights = tuple(jnp.asarray((0.4 / math.sqrt(width)) * np.random.default_rng(30 + k)
                                 .standard_normal((40, width, width))[:runs], "float32")
                     for k in range(2))
