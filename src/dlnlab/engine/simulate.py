@@ -541,6 +541,43 @@ def _phases(stepper, hp, schedule: Schedule, num_runs, dtype, state):
     return phases
 
 
+#: Share of the kernel's per-process memory-map limit (Linux ``vm.max_map_count``, 65,530 by
+#: default) above which :func:`simulate` and :func:`advance_from` drop JAX's compiled programs
+#: before compiling theirs (:func:`release_compiled_programs`).
+MEMORY_MAP_SHARE = 0.5
+
+
+def memory_map_share() -> float | None:
+    """The share of the per-process memory-map limit this process uses: the lines of
+    ``/proc/self/maps`` over ``/proc/sys/vm/max_map_count`` (Linux); None where either cannot be
+    read (other systems)."""
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            limit = int(f.read())
+        with open("/proc/self/maps", "rb") as f:
+            used = sum(1 for _ in f)
+    except (OSError, ValueError):
+        return None
+    return used / limit if limit > 0 else None
+
+
+def release_compiled_programs(share: float = MEMORY_MAP_SHARE) -> bool:
+    """Drop every compiled JAX program of this process (``jax.clear_caches()``) when its memory
+    maps exceed ``share`` of the kernel's limit; whether it did.
+
+    Each XLA:CPU executable holds about 8 memory maps and JAX keeps every one it compiled; a
+    simulation of a new structure (widths, depth, method, dtype, layout) compiles about 30, so a
+    process that simulates a few hundred structures (a sweep over widths, a survey of layouts)
+    reached the limit and LLVM failed with "Cannot allocate memory". Dropped programs are
+    compiled again when next called; results do not change. docs/architecture.md ("Compiled
+    programs")."""
+    used = memory_map_share()
+    if used is None or used < share:
+        return False
+    jax.clear_caches()
+    return True
+
+
 def simulate(stepper: Stepper, weights, hparams, key, recording, *, layout: Layout | None = None,
              checkpoint: Checkpoint | str | Path | None = None,
              progress: Callable[[int, int], None] | None = None,
@@ -585,6 +622,7 @@ def simulate(stepper: Stepper, weights, hparams, key, recording, *, layout: Layo
     value checked with the config's rule, e.g. ``hparams.learning_rate=-0.1: must be a finite
     number > 0``; host-side, before anything is compiled), threshold, layout or switches.
     """
+    release_compiled_programs()
     recording = recording if isinstance(recording, Recording) else Recording(recording)
     layout = Layout() if layout is None else layout
     if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
@@ -698,6 +736,7 @@ def advance_from(stepper: Stepper, weights, hparams, key, *, layout: Layout | No
     runs every run ``n`` steps from ``weights`` and returns ``(state, diverged_step)`` (runs on
     the trailing axis). For benchmarks and custom drivers; same layout and numbers as
     :func:`simulate` (``weights``: tuple of ``(num_runs, d_l, d_{l-1})``)."""
+    release_compiled_programs()
     layout = Layout() if layout is None else layout
     weights = tuple(jnp.asarray(w) for w in (weights if isinstance(weights, tuple | list)
                                               else (weights,)))
