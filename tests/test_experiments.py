@@ -226,12 +226,19 @@ def test_bench_json_schema(capsys, monkeypatch):
                 "device"} <= set(r)
         assert r["run_steps_per_s"] > 0
         assert "at the start" in r["load_average"]           # every number says the load it ran at
-    assert [r["name"] for r in results] == ["online_sgd", "anisotropic_sde", "online_sgd_vs_before",
-                                            "online_sgd_kernel_vs_xla", "anisotropic_sde_vs_before",
-                                            "recording", "record_loss_only"]
+    assert [r["name"] for r in results] == ["online_sgd", "anisotropic_sde", "anisotropic_sde_floor",
+                                            "online_sgd_vs_before", "online_sgd_kernel_vs_xla",
+                                            "anisotropic_sde_vs_before", "recording", "record_loss_only"]
     sgd = results[0]
     assert sgd["ratio"] == pytest.approx(sgd["run_steps_per_s"] / sgd["baseline_run_steps_per_s"])
-    assert jax.numpy.isfinite(results[5]["peak_rss_mb"])
+    # the floor row: 1 / (144 normals at their measured cost + 36,288 FLOP at the measured peak),
+    # against the SDE row's rate
+    floor, sde = results[2], results[1]
+    seconds = 144 * floor["normal_seconds"] + 36288 / (floor["peak_gflop_per_second"] * 1e9)
+    assert floor["run_steps_per_s"] == pytest.approx(1 / seconds, rel=1e-12)
+    assert floor["baseline_run_steps_per_s"] == sde["run_steps_per_s"]
+    assert floor["ratio"] == pytest.approx(floor["run_steps_per_s"] / sde["run_steps_per_s"])
+    assert jax.numpy.isfinite(results[6]["peak_rss_mb"])
     assert "today: " in results[3]["baseline"]      # says whether the compiled kernel ran
 
 

@@ -72,6 +72,32 @@ def test_flop_counts_match_xla_cost_analysis(width, depth, batch, dot_products):
     assert abs(wrong_sde - sde) > width * width
 
 
+def test_step_floor_adds_the_normals_time_to_the_flop_at_the_peak():
+    # SDE, d = 12, L = 4: 144 normals at 2 ns and 36,288 FLOP at 50 GFLOP/s.
+    seconds = 144 * 2e-9 + 36288 / 50e9
+    assert rf.step_floor("sde", 12, 4, 1, MACHINE, 2e-9) == pytest.approx(1 / seconds, rel=1e-12)
+    # SGD at B = 8: 96 normals; 6 L d^2 B + L d^2 + 4 d B FLOP.
+    seconds = 96 * 1e-9 + (6 * 4 * 144 * 8 + 4 * 144 + 4 * 12 * 8) / 50e9
+    assert rf.step_floor("sgd", 12, 4, 8, MACHINE, 1e-9) == pytest.approx(1 / seconds, rel=1e-12)
+    # a floor that forgot the normals (or the FLOP) is another number
+    assert rf.step_floor("sde", 12, 4, 1, MACHINE, 2e-9) < 50e9 / 36288
+    assert rf.step_floor("sde", 12, 4, 1, MACHINE, 2e-9) < 1 / (144 * 2e-9)
+    with pytest.raises(ValueError, match="normal_seconds"):
+        rf.step_floor("sde", 12, 4, 1, MACHINE, 0.0)
+    with pytest.raises(ValueError, match="method='gd'"):
+        rf.step_floor("gd", 12, 4, 1, MACHINE, 1e-9)
+
+
+def test_normal_seconds_names_the_faster_draw():
+    from dlnlab.dynamics import kernels
+
+    seconds, source = rf.measure_normal_seconds(runs=8, steps=2, count=12, min_seconds=0.01, repeats=1)
+    assert np.isfinite(seconds) and seconds > 0
+    assert source in (("XLA", "compiled kernel") if kernels.available() else ("XLA",))
+    with pytest.raises(ValueError, match="count"):
+        rf.measure_normal_seconds(count=0)
+
+
 def test_bytes_and_normals():
     # 4 layers of 12 x 12 float32 read and written, plus 12 normals (SGD, B = 1) or 144 (SDE).
     assert rf.minimum_bytes("sgd", 12, 4, 1) == 2 * 4 * (4 * 144 + 12)

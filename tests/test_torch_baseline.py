@@ -161,3 +161,10 @@ def test_torch_comparison_rows():
         assert row["baseline_run_steps_per_s"] > 0
         assert np.isclose(row["ratio"], row["run_steps_per_s"] / row["baseline_run_steps_per_s"])
     assert rows[0]["run_steps_per_s"] == 1e6 and rows[1]["run_steps_per_s"] == 1e5
+    # with the plain bench's floor row: the floor against the same PyTorch SDE loop
+    plain.append(dict(name="anisotropic_sde_floor", config=plain[1]["config"], run_steps_per_s=3e6,
+                      device="cpu", compile_s=float("nan")))
+    rows = tb.torch_comparison(plain, runs=8, min_seconds=0.02, progress=False)
+    assert [r["name"] for r in rows][-1] == "sde_floor_vs_torch"
+    assert rows[-1]["run_steps_per_s"] == 3e6
+    assert rows[-1]["baseline_run_steps_per_s"] == rows[1]["baseline_run_steps_per_s"]

@@ -188,6 +188,7 @@ def run_benchmarks(quick: bool = False, progress: bool = True, *, runs: int = RU
                         device=device, compile_s=compile_s,
                         baseline="dense Sigma (576x576) + eigh per step, NumPy"))
 
+    results.append(_sde_floor_case(results[-1], min_seconds, device, say))
     results.extend(_versus_before_cases(task, weights, lr, h, runs, quick, min_seconds, device, say))
 
     if recording_steps is None:
@@ -198,6 +199,28 @@ def run_benchmarks(quick: bool = False, progress: bool = True, *, runs: int = RU
     for r in results:
         r["load_average"] = load
     return results
+
+
+def _sde_floor_case(sde: dict, min_seconds: float, device: str, say) -> dict:
+    """The anisotropic SDE's floor at the bench's size, measured in this run
+    (:func:`dlnlab.roofline.step_floor`: its ``d^2`` normals at the draw's measured cost plus its
+    FLOP at the measured matrix peak) against dlnlab's SDE rate ``sde`` (the row above): how far
+    any faster implementation of the same step could go on this machine."""
+    from .roofline import measure_machine, measure_normal_seconds, normals_per_step, sde_flop, step_floor
+
+    say("anisotropic SDE floor: matrix peak and the normals' cost, measured now")
+    limits = measure_machine(min_seconds=min_seconds / 4)
+    normal_seconds, source = measure_normal_seconds(min_seconds=min_seconds / 4)
+    floor = step_floor("sde", WIDTH, DEPTH, 1, limits, normal_seconds)
+    normals, flop = normals_per_step("sde", WIDTH, 1), sde_flop(WIDTH, DEPTH)
+    return dict(name="anisotropic_sde_floor", config=sde["config"], run_steps_per_s=floor,
+                baseline_run_steps_per_s=sde["run_steps_per_s"], ratio=floor / sde["run_steps_per_s"],
+                device=device, compile_s=float("nan"),
+                baseline=(f"dlnlab's anisotropic SDE (row above); the floor is 1 / ({normals} normals "
+                          f"x {normal_seconds * 1e9:.2f} ns ({source} draw, all cores) + {flop:,} FLOP "
+                          f"/ {limits.peak_gflop_per_second:.0f} GFLOP/s (matrix peak))"),
+                normal_seconds=normal_seconds, normal_source=source,
+                peak_gflop_per_second=limits.peak_gflop_per_second)
 
 
 #: The run group the engine used at d = 12 before issue 15 (128 runs per group on every device;
@@ -331,6 +354,8 @@ def print_results(results: list[dict]) -> None:
     console = Console() if sys.stdout.isatty() else Console(width=160)
     console.print(table)
     for r in results:
+        if r["name"] == "anisotropic_sde_floor":
+            console.print(f"anisotropic_sde_floor: {r['baseline'].split('; the floor is ', 1)[-1]}")
         if r["name"] == "recording":
             console.print(f"recording: {r['records_mb']:.0f} MB of records, peak resident memory "
                           f"{r['peak_rss_mb']:.0f} MB, wall {r['wall_s']:.1f} s")

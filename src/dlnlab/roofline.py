@@ -159,6 +159,61 @@ def measure_machine(*, matrix_size: int = 2048, stream_mebibytes: int = 64, min_
     return MachineLimits(peak, bandwidth, matrix_size, stream_mebibytes)
 
 
+def measure_normal_seconds(*, runs: int = 256, steps: int = 16, count: int = 144,
+                           min_seconds: float = 0.5, repeats: int = 3) -> tuple[float, str]:
+    """Seconds per standard normal of the engine's counter-based draw on the whole machine,
+    measured now: ``(seconds, source)``.
+
+    The draw every stepper's noise comes from (``_ops.counter_normals``: Threefry-2x32 of the
+    run's key and the step, then ``jax.random.normal``'s float32 transform; the bits are part of
+    the results, docs/theory.md), timed on one device for ``runs`` runs x ``steps`` steps x
+    ``count`` normals per call (about 2 MiB of float32 with the defaults, in the caches), as
+    XLA compiles it and, where the compiled kernels are available, as the SGD kernel draws it
+    (the same bits); the faster of the two, divided by the number of host devices (perfect
+    scaling over the cores: a lower bound of what the draw costs when every core draws).
+    ``source`` names the faster draw. Raises ``ValueError`` for a count or time out of range.
+    """
+    from .dynamics import _ops, kernels
+
+    for name, value in (("runs", runs), ("steps", steps), ("count", count), ("repeats", repeats)):
+        v.positive_int(name, value)
+    v.finite_scalar("min_seconds", min_seconds, minimum=0.0, strict=True)
+    device = jax.devices()[0]
+    words = jax.device_put(jax.random.bits(jax.random.key(5), (2, runs), jnp.uint32), device)
+    draws = {"XLA": jax.jit(lambda w, first: _ops.counter_normals(
+        w, first + jnp.arange(steps, dtype=jnp.int32), (count,), jnp.float32))}
+    if kernels.available():
+        draws["compiled kernel"] = jax.jit(lambda w, first: kernels.online_normals(
+            w, first, steps, count, jnp.float32))
+    normals = float(runs * steps * count)
+    best = {}
+    for source, draw in draws.items():
+        first = jax.device_put(jnp.int32(0), device)
+        jax.block_until_ready(draw(words, first))
+        rate = median_rate(lambda draw=draw, first=first: jax.block_until_ready(draw(words, first)),
+                           normals, min_seconds, repeats)
+        best[source] = 1.0 / (rate * max(1, len(jax.devices())))
+    source = min(best, key=best.get)
+    return best[source], source
+
+
+def step_floor(method: str, width: int, depth: int, batch_size: int, limits: MachineLimits,
+               normal_seconds: float) -> float:
+    """The most run-steps/s any implementation of one step could reach on this machine:
+    ``1 / (n t_z + F / P)``, with ``n`` = :func:`normals_per_step` normals at ``t_z`` seconds
+    each (:func:`measure_normal_seconds`: their bits are fixed by the results) and ``F`` =
+    :func:`flop_per_step` FLOP at the matrix peak ``P`` (:func:`measure_machine`). Generous on
+    purpose: the draw at its best measured cost on every core at once, every FLOP at the peak of
+    a 2048-wide product, no memory traffic and no overlap lost. Raises ``ValueError`` for a
+    non-positive time or an unknown method."""
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}: must be one of {', '.join(METHODS)}")
+    v.finite_scalar("normal_seconds", normal_seconds, minimum=0.0, strict=True)
+    seconds = (normals_per_step(method, width, batch_size) * normal_seconds
+               + flop_per_step(method, width, depth, batch_size) / (limits.peak_gflop_per_second * 1e9))
+    return 1.0 / seconds
+
+
 # ---------------------------------------------------------------------------------- cases
 def _total_memory_bytes() -> int:
     try:

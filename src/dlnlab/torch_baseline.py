@@ -165,8 +165,11 @@ def torch_comparison(results: list[dict], *, runs: int = 1024, quick: bool = Fal
                      min_seconds: float | None = None, progress: bool = True) -> list[dict]:
     """Rows for ``dlnlab bench --torch``: dlnlab's online SGD and anisotropic SDE (from the plain
     bench ``results`` of ``benchmarks.run_benchmarks``, measured in the same process) against the
-    torch ``bmm`` loops (ratio dlnlab / torch-bmm), and the torch autograd loop against the bmm loop.
-    Same problem: d = 12, L = 4, B = 1, float32, ``runs`` runs (the bench's)."""
+    torch ``bmm`` loops (ratio dlnlab / torch-bmm), and the torch autograd loop against the bmm loop;
+    where ``results`` has the SDE's floor row (``anisotropic_sde_floor``), that floor against the
+    torch SDE loop too (``sde_floor_vs_torch``: the most any implementation of the step could gain
+    over PyTorch on this machine). Same problem: d = 12, L = 4, B = 1, float32, ``runs`` runs
+    (the bench's)."""
     if min_seconds is None:
         min_seconds = 1.0 if quick else 2.0
     by_name = {r["name"]: r for r in results}
@@ -179,6 +182,15 @@ def torch_comparison(results: list[dict], *, runs: int = 1024, quick: bool = Fal
 
     def threads(name):
         return f"{rates[name + '_threads']} thread" + ("s" if rates[name + "_threads"] != 1 else "")
+    floor_rows = []
+    if "anisotropic_sde_floor" in by_name:
+        floor = by_name["anisotropic_sde_floor"]
+        floor_rows.append(dict(
+            name="sde_floor_vs_torch", config=sde["config"], run_steps_per_s=floor["run_steps_per_s"],
+            baseline_run_steps_per_s=rates["sde_bmm"], ratio=floor["run_steps_per_s"] / rates["sde_bmm"],
+            device=device, compile_s=float("nan"),
+            baseline=f"PyTorch bmm structured sampler ({note}, {threads('sde_bmm')}): the most any "
+                     "implementation of the SDE step could gain over it here (the floor row)"))
     return [
         dict(name="online_sgd_vs_torch", config=sgd["config"], run_steps_per_s=sgd["run_steps_per_s"],
              baseline_run_steps_per_s=rates["sgd_bmm"], ratio=sgd["run_steps_per_s"] / rates["sgd_bmm"],
@@ -193,4 +205,4 @@ def torch_comparison(results: list[dict], *, runs: int = 1024, quick: bool = Fal
              run_steps_per_s=rates["sgd_bmm"], baseline_run_steps_per_s=rates["sgd_autograd"],
              ratio=rates["sgd_bmm"] / rates["sgd_autograd"], device=device, compile_s=float("nan"),
              baseline=f"PyTorch per-step loop with autograd ({note}, {threads('sgd_autograd')})"),
-    ]
+    ] + floor_rows
