@@ -164,7 +164,7 @@ def measure_normal_seconds(*, runs: int = 256, steps: int = 16, count: int = 144
     """Seconds per standard normal of the engine's counter-based draw on the whole machine,
     measured now: ``(seconds, source)``.
 
-    The draw every stepper's noise comes from (``_ops.counter_normals``: Threefry-2x32 of the
+    The draw every stepper's noise comes from (``dlnlab.dynamics.counter_normals``: Threefry-2x32 of the
     run's key and the step, then ``jax.random.normal``'s float32 transform; the bits are part of
     the results, docs/theory.md), timed on one device for ``runs`` runs x ``steps`` steps x
     ``count`` normals per call (about 2 MiB of float32 with the defaults, in the caches), as
@@ -173,14 +173,14 @@ def measure_normal_seconds(*, runs: int = 256, steps: int = 16, count: int = 144
     scaling over the cores: a lower bound of what the draw costs when every core draws).
     ``source`` names the faster draw. Raises ``ValueError`` for a count or time out of range.
     """
-    from .dynamics import _ops, kernels
+    from .dynamics import counter_normals, kernels
 
     for name, value in (("runs", runs), ("steps", steps), ("count", count), ("repeats", repeats)):
         v.positive_int(name, value)
     v.finite_scalar("min_seconds", min_seconds, minimum=0.0, strict=True)
     device = jax.devices()[0]
     words = jax.device_put(jax.random.bits(jax.random.key(5), (2, runs), jnp.uint32), device)
-    draws = {"XLA": jax.jit(lambda w, first: _ops.counter_normals(
+    draws = {"XLA": jax.jit(lambda w, first: counter_normals(
         w, first + jnp.arange(steps, dtype=jnp.int32), (count,), jnp.float32))}
     if kernels.available():
         draws["compiled kernel"] = jax.jit(lambda w, first: kernels.online_normals(
