@@ -213,12 +213,12 @@ def _sde_floor_case(sde: dict, min_seconds: float, device: str, say) -> dict:
     normal_seconds, source = measure_normal_seconds(min_seconds=min_seconds / 4)
     floor = step_floor("sde", WIDTH, DEPTH, 1, limits, normal_seconds)
     normals, flop = normals_per_step("sde", WIDTH, 1), sde_flop(WIDTH, DEPTH)
+    formula = (f"1 / ({normals} normals x {normal_seconds * 1e9:.2f} ns ({source} draw, all cores) "
+               f"+ {flop:,} FLOP / {limits.peak_gflop_per_second:.0f} GFLOP/s (matrix peak))")
     return dict(name="anisotropic_sde_floor", config=sde["config"], run_steps_per_s=floor,
                 baseline_run_steps_per_s=sde["run_steps_per_s"], ratio=floor / sde["run_steps_per_s"],
                 device=device, compile_s=float("nan"),
-                baseline=(f"dlnlab's anisotropic SDE (row above); the floor is 1 / ({normals} normals "
-                          f"x {normal_seconds * 1e9:.2f} ns ({source} draw, all cores) + {flop:,} FLOP "
-                          f"/ {limits.peak_gflop_per_second:.0f} GFLOP/s (matrix peak))"),
+                baseline=f"dlnlab's anisotropic SDE (row above); the floor is {formula}", formula=formula,
                 normal_seconds=normal_seconds, normal_source=source,
                 peak_gflop_per_second=limits.peak_gflop_per_second)
 
@@ -355,7 +355,7 @@ def print_results(results: list[dict]) -> None:
     console.print(table)
     for r in results:
         if r["name"] == "anisotropic_sde_floor":
-            console.print(f"anisotropic_sde_floor: {r['baseline'].split('; the floor is ', 1)[-1]}")
+            console.print(f"anisotropic_sde_floor: {r['formula']}")
         if r["name"] == "recording":
             console.print(f"recording: {r['records_mb']:.0f} MB of records, peak resident memory "
                           f"{r['peak_rss_mb']:.0f} MB, wall {r['wall_s']:.1f} s")

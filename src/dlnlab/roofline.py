@@ -186,11 +186,10 @@ def measure_normal_seconds(*, runs: int = 256, steps: int = 16, count: int = 144
         draws["compiled kernel"] = jax.jit(lambda w, first: kernels.online_normals(
             w, first, steps, count, jnp.float32))
     normals = float(runs * steps * count)
-    best = {}
+    first, best = jax.device_put(jnp.int32(0), device), {}
     for source, draw in draws.items():
-        first = jax.device_put(jnp.int32(0), device)
         jax.block_until_ready(draw(words, first))
-        rate = median_rate(lambda draw=draw, first=first: jax.block_until_ready(draw(words, first)),
+        rate = median_rate(lambda draw=draw: jax.block_until_ready(draw(words, first)),
                            normals, min_seconds, repeats)
         best[source] = 1.0 / (rate * max(1, len(jax.devices())))
     source = min(best, key=best.get)
